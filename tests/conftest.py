@@ -1,0 +1,24 @@
+"""Shared fixtures: the read-only ../shared folder (skip cleanly when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_root() -> Path | None:
+    """``$QTT_SHARED`` or ``../shared`` beside the repo, if present."""
+    candidate = Path(os.environ.get("QTT_SHARED", REPO.parent / "shared"))
+    return candidate if candidate.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    if root is None:
+        pytest.skip("../shared is absent (real data and meta-data live there)")
+    return root
