@@ -1,0 +1,230 @@
+"""Reading and validating a dataset folder: ``images/<stem>.<ext>`` + ``masks/<stem>.png``.
+
+Scanning looks at every pair once (image header, full mask) because the class count K is the
+maximum label over the WHOLE folder and because a bad mask should fail before any training starts;
+only the subsampled images are decoded afterwards. Mask labels: 0 = background, 1..K classes; a
+folder whose masks only hold 0 and 255 is binary and 255 reads as class 1.
+
+Only the files directly inside ``images/`` and ``masks/`` count: subfolders are never entered, so
+a symbolic link that loops back to a parent cannot make the scan hang; a looping or broken link in
+place of a file is skipped with a warning. Images smaller than ``MIN_IMAGE_SIDE`` pixels a side
+are refused (SAM2's image embedding has one cell per 16 input pixels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from qtt_ray.data.errors import DataError, warn
+from qtt_ray.data.image_io import (
+    GRAYSCALE_MODES,
+    CorruptFileError,
+    read_header,
+    read_image,
+    read_mask,
+)
+from qtt_ray.data.sample import Sample
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+MASK_SUFFIX = ".png"
+BINARY_WHITE = 255
+MIN_IMAGE_SIDE = 16
+_EXAMPLES = 3
+
+
+@dataclass
+class FolderScan:
+    """What scanning a folder found: the usable pairs and the label facts of all masks."""
+
+    root: Path
+    pairs: dict[str, tuple[Path, Path]]  # stem -> (image file, mask file), sorted by stem
+    num_classes: int
+    num_channels: int  # 1 if every image is grayscale, else 3
+    white_is_class_one: bool  # binary 0/255 masks
+    empty_stems: set[str] = field(default_factory=set)
+
+
+def files_by_stem(
+    folder: Path, suffixes: Sequence[str], warnings: list[str] | None = None
+) -> dict[str, Path]:
+    """The files of ``folder`` (not its subfolders) ending in ``suffixes``, by stem; two files
+    with one stem are an error, broken or looping symbolic links are skipped with a warning."""
+    found: dict[str, Path] = {}
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as error:
+        raise DataError(
+            f"cannot list {folder} ({error.strerror or error}): check that the folder exists and "
+            "is readable (chmod u+rx)"
+        ) from error
+    broken = [p for p in entries if p.suffix.lower() in suffixes and p.is_symlink()
+              and not p.exists()]
+    if broken and warnings is not None:
+        warn(
+            warnings,
+            f"{folder}: skipped {len(broken)} broken or looping symbolic link(s), e.g. "
+            f"{broken[0].name}; point them at real files",
+        )
+    for path in entries:
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in found:
+            raise DataError(
+                f"{found[path.stem]} and {path.name} share the stem '{path.stem}': keep one file "
+                "per stem"
+            )
+        found[path.stem] = path
+    return found
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if path.is_symlink() and not path.exists():
+        raise DataError(
+            f"{what} {path} is a broken or looping symbolic link: point it at a real folder"
+        )
+    if not path.is_dir():
+        raise DataError(
+            f"{what} {path} does not exist: a dataset folder holds images/<stem>.jpg|png and "
+            "masks/<stem>.png (or use 'demo')"
+        )
+
+
+def _match_pairs(root: Path, warnings: list[str]) -> dict[str, tuple[Path, Path]]:
+    _require_dir(root, "dataset folder")
+    _require_dir(root / "images", "image folder")
+    _require_dir(root / "masks", "mask folder")
+    images = files_by_stem(root / "images", IMAGE_SUFFIXES, warnings)
+    if not images:
+        raise DataError(
+            f"no images in {root / 'images'}: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
+        )
+    masks = files_by_stem(root / "masks", (MASK_SUFFIX,), warnings)
+    lossy = files_by_stem(root / "masks", tuple(s for s in IMAGE_SUFFIXES if s != MASK_SUFFIX))
+    hint = (
+        f" ({len(lossy)} mask file(s) are not PNG, e.g. {next(iter(lossy.values())).name}: "
+        "save masks as PNG)" if lossy else ""
+    )
+    matched = sorted(images.keys() & masks.keys())
+    no_mask = sorted(images.keys() - masks.keys())
+    no_image = sorted(masks.keys() - images.keys())
+    if not matched:
+        raise DataError(
+            f"{root}: none of {len(images)} images has a mask of the same stem among "
+            f"{len(masks)} PNG masks (e.g. {images[no_mask[0]].name} needs "
+            f"masks/{no_mask[0]}{MASK_SUFFIX}){hint}"
+        )
+    if no_mask or no_image:
+        warn(
+            warnings,
+            f"{root}: skipped {len(no_mask)} image(s) without a mask "
+            f"{[images[s].name for s in no_mask[:_EXAMPLES]]} and {len(no_image)} mask(s) "
+            f"without an image {[masks[s].name for s in no_image[:_EXAMPLES]]}; "
+            f"using {len(matched)} pairs{hint}",
+        )
+    return {stem: (images[stem], masks[stem]) for stem in matched}
+
+
+def _labels_of(mask_file: Path, values: np.ndarray) -> set[int]:
+    counts = np.bincount(values.ravel(), minlength=256)
+    labels = {int(v) for v in np.flatnonzero(counts)} - {0}
+    if BINARY_WHITE in labels and len(labels) > 1:
+        shown = sorted(labels)[:6]
+        raise DataError(
+            f"mask {mask_file} mixes 255 with labels {shown}: values must be class indices "
+            "0..K (0/255 is accepted for binary masks only); re-save without anti-aliasing "
+            "or ignore labels"
+        )
+    return labels
+
+
+def check_image_size(path: Path, size: tuple[int, int]) -> None:
+    """Refuse an image below ``MIN_IMAGE_SIDE`` pixels a side (``size`` is width, height)."""
+    if min(size) < MIN_IMAGE_SIDE:
+        raise DataError(
+            f"image {path} is {size[0]}x{size[1]} pixels, too small: every side needs at least "
+            f"{MIN_IMAGE_SIDE} pixels; upscale it or leave it out"
+        )
+
+
+def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
+    """Pair, validate and label-check every image/mask of ``root``; skip corrupt files."""
+    candidates = _match_pairs(root, warnings)
+    pairs: dict[str, tuple[Path, Path]] = {}
+    labels_by_stem: dict[str, set[int]] = {}
+    modes: set[str] = set()
+    for stem, (image_file, mask_file) in candidates.items():
+        try:
+            image_size, image_mode = read_header(image_file)
+            check_image_size(image_file, image_size)
+            mask_size, _ = read_header(mask_file)
+            if image_size != mask_size:
+                raise DataError(
+                    f"mask {mask_file} is {mask_size[0]}x{mask_size[1]} but image "
+                    f"{image_file.name} is {image_size[0]}x{image_size[1]}: masks must have "
+                    "their image's size"
+                )
+            labels_by_stem[stem] = _labels_of(mask_file, read_mask(mask_file))
+        except CorruptFileError as error:
+            warn(warnings, f"skipped unreadable or corrupt file {error}")
+            continue
+        pairs[stem] = (image_file, mask_file)
+        modes.add(image_mode)
+    if not pairs:
+        raise DataError(f"{root}: every image/mask pair is unreadable; check the files")
+
+    all_labels = set().union(*labels_by_stem.values())
+    white_is_class_one = all_labels == {BINARY_WHITE}
+    if BINARY_WHITE in all_labels and not white_is_class_one:
+        first = next(s for s, labels in labels_by_stem.items() if BINARY_WHITE in labels)
+        raise DataError(
+            f"mask {pairs[first][1]} uses 255 while other masks use labels "
+            f"{sorted(all_labels - {BINARY_WHITE})[:6]}: use one encoding, class indices 0..K "
+            "(0/255 only for binary datasets)"
+        )
+    num_classes = 1 if white_is_class_one else max(all_labels, default=0)
+    if num_classes == 0:
+        raise DataError(f"{root}: every mask is empty (all 0): masks need foreground classes 1..K")
+    if num_classes > 2 and len(all_labels) * 2 < num_classes:
+        warn(
+            warnings,
+            f"{root}: masks use only labels {sorted(all_labels)[:10]} of 1..{num_classes}; "
+            "are they class indices (not gray levels)?",
+        )
+    empty = {stem for stem, labels in labels_by_stem.items() if not labels}
+    if empty:
+        warn(
+            warnings,
+            f"{root}: {len(empty)} of {len(pairs)} masks are empty (no foreground), e.g. "
+            f"{sorted(empty)[:_EXAMPLES]}; kept and counted, they give no box prompt so "
+            "training and evaluation skip them",
+        )
+    num_channels = 1 if modes <= GRAYSCALE_MODES else 3
+    return FolderScan(root, pairs, num_classes, num_channels, white_is_class_one, empty)
+
+
+def load_samples(
+    scan: FolderScan, order: Sequence[str], count: int, warnings: list[str]
+) -> tuple[list[Sample], int]:
+    """Decode the first ``count`` readable pairs of ``order``; returns them and how many pairs
+    turned out corrupt on decoding (skipped with a warning)."""
+    samples: list[Sample] = []
+    corrupt = 0
+    for stem in order:
+        if len(samples) == count:
+            break
+        image_file, mask_file = scan.pairs[stem]
+        try:
+            image, _ = read_image(image_file)
+            mask = read_mask(mask_file)
+        except CorruptFileError as error:
+            warn(warnings, f"skipped unreadable or corrupt file {error}")
+            corrupt += 1
+            continue
+        if scan.white_is_class_one:
+            mask = (mask == BINARY_WHITE).astype(np.uint8)
+        samples.append(Sample(stem=stem, image=image, mask=mask))
+    return samples, corrupt

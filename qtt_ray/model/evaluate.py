@@ -1,0 +1,55 @@
+"""Validation of any SAM2 model on a dataset's validation split: IoU (see ``metrics``) and loss.
+
+One function serves the zero-shot base and every tuned model, so their numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from qtt_ray.data import Example, Sample, make_example
+from qtt_ray.model.forward import box_logits, collate
+from qtt_ray.model.losses import bce_dice_per_mask
+from qtt_ray.model.metrics import IoUAccumulator
+
+
+def prompted_examples(samples: Sequence[Sample], image_size: int) -> list[Example]:
+    """Evaluation-mode examples (tight boxes, no augmentation) of the samples that have boxes."""
+    examples = [make_example(sample, image_size) for sample in samples]
+    return [example for example in examples if example.num_boxes > 0]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    examples: Sequence[Example],
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+) -> dict[str, float]:
+    """``iou`` (dataset-level, mean over classes present), ``val_loss`` (mean per box), ``eval_s``.
+
+    Leaves the model in eval mode.
+    """
+    start = time.perf_counter()
+    model.eval()
+    accumulator = IoUAccumulator()
+    loss_sum, boxes = 0.0, 0
+    for first in range(0, len(examples), max(1, batch_size)):
+        batch = collate(examples[first : first + batch_size]).to(device)
+        logits = box_logits(model, batch.images, batch.boxes, batch.box_image)
+        loss_sum += float(bce_dice_per_mask(logits, batch.masks).sum())
+        boxes += batch.num_boxes
+        for image in range(batch.num_images):
+            mine = batch.box_image == image
+            accumulator.add_logits(
+                logits[mine].float().cpu(), batch.masks[mine].cpu(), batch.class_ids[mine].cpu()
+            )
+    return {
+        "iou": accumulator.score(),
+        "val_loss": loss_sum / boxes if boxes else float("nan"),
+        "eval_s": time.perf_counter() - start,
+    }

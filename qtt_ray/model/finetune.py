@@ -1,0 +1,256 @@
+"""Epoch-wise fine-tuning of SAM2 (LoRA + mask decoder, box prompts), plain PyTorch, no Ray.
+
+A ``FineTuner`` is one trial: its own copy of the base, optimizer, LR schedule and random
+streams. ``state_dict`` holds exactly what continuing needs (tuned weights, optimizer and
+scheduler state, epoch, RNG states), so a trial paused after epoch e and resumed elsewhere trains
+epoch e + 1 bit for bit as an uninterrupted one would (same device and library versions).
+
+Randomness: augmentation, shuffling and box jitter draw from a numpy Generator; LoRA dropout
+draws from torch's global RNG, which is swapped in and out around each epoch so that trials
+sharing a process (Ray actor reuse) never disturb each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from qtt_ray.data import AugmentSpec, Example, SegDataset, make_example
+from qtt_ray.data.boxes import jitter_boxes
+from qtt_ray.model.adapter import export_adapter
+from qtt_ray.model.build import ModelSpec, build_model
+from qtt_ray.model.evaluate import evaluate_model, prompted_examples
+from qtt_ray.model.forward import box_logits, collate
+from qtt_ray.model.lora import load_trainable_state, make_trainable, trainable_state
+from qtt_ray.model.losses import bce_dice
+from qtt_ray.model.schedulers import LRSchedule
+from qtt_ray.model.state_io import load_state, save_state
+from qtt_ray.space import SAM2_SPACE, Config, config_key
+
+GRAD_CLIP = 1.0
+STATE_FORMAT = 1
+
+
+def clean_config(config: Mapping[str, Any]) -> Config:
+    """The hyperparameters of ``config`` in canonical form; keys starting with "_" (searcher
+    bookkeeping) are dropped; anything else outside SAM2_SPACE raises SpaceError."""
+    return SAM2_SPACE.validate({k: v for k, v in config.items() if not str(k).startswith("_")})
+
+
+class FineTuner:
+    """One trial of SAM2 fine-tuning, advanced one epoch at a time."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: Mapping[str, Any],
+        dataset: SegDataset,
+        device: str = "cpu",
+        seed: int = 0,
+        batch_size: int = 4,
+        base: nn.Module | None = None,
+        eval_examples: list[Example] | None = None,
+    ) -> None:
+        if not dataset.train:
+            raise ValueError(f"dataset {dataset.name}: no training images")
+        self.spec = spec
+        self.config = clean_config(config)
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self.batch_size = max(1, int(batch_size))
+        self.augment = AugmentSpec.from_config(self.config)
+        self.epoch = 0
+        self.diverged = False
+
+        base = base if base is not None else build_model(spec, "cpu")
+        model = copy.deepcopy(base).to(self.device)
+        self.model = make_trainable(model, self.config, seed=self.seed)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=float(self.config["lr"]),
+            weight_decay=float(self.config["weight_decay"]),
+        )
+        self.steps_per_epoch = math.ceil(len(dataset.train) / self.batch_size)
+        self.schedule = LRSchedule(self.optimizer, self.config, self.steps_per_epoch)
+        self._plateau_epoch = 0  # last epoch whose validation loss stepped a plateau schedule
+
+        self.rng = np.random.default_rng(self.seed)
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            torch.manual_seed(self.seed)
+            self._torch_state = self._get_torch_state()
+
+        size = spec.image_size
+        self.eval_examples = (
+            eval_examples
+            if eval_examples is not None
+            else prompted_examples(dataset.val, size)
+        )
+        # without augmentation a training example is its eval example with jittered boxes:
+        # resize and normalise each image once instead of every epoch
+        self._fixed_train = (
+            None
+            if self.augment.enabled
+            else [make_example(sample, size) for sample in dataset.train]
+        )
+
+    # -- training ---------------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, Any]:
+        """One pass over the training split: ``loss`` (mean per box), ``train_s``, ``images``,
+        ``diverged`` (a non-finite loss or gradient ends the epoch and the trial's training)."""
+        start = time.perf_counter()
+        if self.diverged:
+            return {"loss": float("nan"), "train_s": 0.0, "images": 0, "diverged": True}
+        self.model.train()
+        loss_sum, boxes, images = 0.0, 0, 0
+        order = self.rng.permutation(len(self.dataset.train))
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            self._set_torch_state(self._torch_state)
+            for first in range(0, len(order), self.batch_size):
+                chunk = order[first : first + self.batch_size]
+                examples = [self._train_example(int(i)) for i in chunk]
+                examples = [e for e in examples if e.num_boxes > 0]
+                if not examples:
+                    self.schedule.after_batch()  # the schedule's length never depends on data
+                    continue
+                loss, n_boxes = self._train_step(examples)
+                if loss is None:
+                    self.diverged = True
+                    break
+                loss_sum += loss * n_boxes
+                boxes += n_boxes
+                images += len(examples)
+            self._torch_state = self._get_torch_state()
+        self.epoch += 1
+        if not self.diverged and self.schedule.name != "plateau":
+            self.schedule.after_epoch()  # plateau steps in evaluate(), on the validation loss
+        return {
+            "loss": loss_sum / boxes if boxes and not self.diverged else float("nan"),
+            "train_s": time.perf_counter() - start,
+            "images": images,
+            "diverged": self.diverged,
+        }
+
+    def _train_step(self, examples: list[Example]) -> tuple[float | None, int]:
+        batch = collate(examples).to(self.device)
+        logits = box_logits(self.model, batch.images, batch.boxes, batch.box_image)
+        loss = bce_dice(logits, batch.masks)
+        if not torch.isfinite(loss):
+            return None, batch.num_boxes
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, batch.num_boxes
+        self.optimizer.step()
+        self.schedule.after_batch()
+        return float(loss.detach()), batch.num_boxes
+
+    def _train_example(self, index: int) -> Example:
+        if self._fixed_train is None:
+            sample = self.dataset.train[index]
+            return make_example(sample, self.spec.image_size, self.augment, self.rng)
+        fixed = self._fixed_train[index]
+        size = self.spec.image_size
+        boxes = jitter_boxes(fixed.boxes.numpy(), size, size, self.rng)
+        return Example(fixed.image, torch.from_numpy(boxes), fixed.masks, fixed.class_ids)
+
+    # -- validation -------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """``iou``, ``val_loss``, ``eval_s`` on the validation split; the first evaluation after
+        an epoch also steps a ``plateau`` schedule with that epoch's validation loss."""
+        metrics = evaluate_model(self.model, self.eval_examples, self.device, self.batch_size)
+        if self.schedule.name == "plateau" and self._plateau_epoch < self.epoch:
+            self.schedule.after_epoch(metrics["val_loss"])
+            self._plateau_epoch = self.epoch
+        return metrics
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What continuing exactly needs; the frozen base is NOT included (rebuilt from spec)."""
+        return {
+            "format": STATE_FORMAT,
+            "config": dict(self.config),
+            "spec": self.spec.to_json(),
+            "epoch": self.epoch,
+            "diverged": self.diverged,
+            "plateau_epoch": self._plateau_epoch,
+            "trainable": trainable_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self._torch_state,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if int(state.get("format", -1)) != STATE_FORMAT:
+            raise ValueError(f"training state format {state.get('format')} is not {STATE_FORMAT}")
+        if config_key(clean_config(state["config"])) != config_key(self.config):
+            raise ValueError("training state belongs to another configuration")
+        if ModelSpec.from_json(state["spec"]) != self.spec:
+            raise ValueError("training state belongs to another base model (spec differs)")
+        load_trainable_state(self.model, state["trainable"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.diverged = bool(state["diverged"])
+        self._plateau_epoch = int(state["plateau_epoch"])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        self._torch_state = {k: v.clone() for k, v in state["torch_rng"].items()}
+
+    def export_adapter(self, directory: str | Path) -> Path:
+        """The tuned weights + config + ModelSpec, enough for ``load_adapter`` to rebuild."""
+        return export_adapter(self.model, self.spec, self.config, directory, self.seed,
+                              {"epoch": self.epoch})
+
+    def save(self, directory: str | Path) -> None:
+        """``state_dict`` as safetensors + JSON under ``directory``."""
+        save_state(self.state_dict(), directory)
+
+    def load(self, directory: str | Path) -> None:
+        self.load_state_dict(load_state(directory))
+
+    # -- RNG plumbing -----------------------------------------------------------------------
+    def _cuda_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+
+    def _get_torch_state(self) -> dict[str, torch.Tensor]:
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self._cuda_devices()[0])
+        return state
+
+    def _set_torch_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["cpu"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self._cuda_devices()[0])
+
+
+def zero_shot_iou(
+    spec: ModelSpec,
+    dataset: SegDataset,
+    device: str = "cpu",
+    base: nn.Module | None = None,
+    batch_size: int = 4,
+) -> float:
+    """The untuned base model's validation IoU, by the same metric as every trial."""
+    model = base if base is not None else build_model(spec, device)
+    model = model.to(device)
+    examples = prompted_examples(dataset.val, spec.image_size)
+    return evaluate_model(model, examples, device, batch_size)["iou"]

@@ -1,0 +1,78 @@
+"""Nested training state <-> a safetensors file (tensors) + a JSON file (everything else).
+
+Optimizer and scheduler state dicts are trees of dicts/lists/tuples with tensors and plain
+numbers as leaves; each tensor is moved to the safetensors file and replaced in the JSON tree by
+a reference. No pickle anywhere, and the JSON half stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+TENSORS = "state.safetensors"
+TREE = "state.json"
+_REF = "__tensor__"
+_TUPLE = "__tuple__"
+_FLOAT = "__float__"
+_INTKEYS = "__intkeys__"
+
+
+def save_state(state: dict[str, Any], directory: str | Path) -> None:
+    """Write ``state`` under ``directory`` (created if needed)."""
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _split(state, tensors)
+    save_file(tensors, str(folder / TENSORS))
+    (folder / TREE).write_text(json.dumps(tree, indent=1))
+
+
+def load_state(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read what ``save_state`` wrote."""
+    folder = Path(directory)
+    tensors = load_file(str(folder / TENSORS), device=str(device))
+    return _join(json.loads((folder / TREE).read_text()), tensors)
+
+
+def _split(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {_REF: key}
+    if isinstance(value, dict):
+        if value and all(isinstance(k, int) for k in value):
+            return {_INTKEYS: [[k, _split(v, tensors)] for k, v in value.items()]}
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"state keys must be str or int, got {list(value)[:3]}")
+        return {k: _split(v, tensors) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {_TUPLE: [_split(v, tensors) for v in value]}
+    if isinstance(value, list):
+        return [_split(v, tensors) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {_FLOAT: repr(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a training state")
+
+
+def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if _REF in value:
+            return tensors[value[_REF]]
+        if _TUPLE in value:
+            return tuple(_join(v, tensors) for v in value[_TUPLE])
+        if _FLOAT in value:
+            return float(value[_FLOAT])
+        if _INTKEYS in value:
+            return {int(k): _join(v, tensors) for k, v in value[_INTKEYS]}
+        return {k: _join(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    return value

@@ -1,0 +1,168 @@
+"""``report.md``: what a tuning run achieved and where its time went, readable without tools.
+
+Everything comes from the run folder: ``results.json`` (read through ``qtt_ray.results``, the
+schema's owner), the IoU-over-time plot drawn from it, and the validation picture grid if
+``qtt_ray.tune`` wrote one (``pictures.GRID_FILE``). Times: start-up + tuning (training inside
+trial steps + overhead) + final evaluation is the wall clock of the whole command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
+from qtt_ray.results import RESULTS_FILE, Results, read_results
+
+REPORT_FILE = "report.md"
+TRIAL_ROWS = 20
+
+
+def write_report(output_dir: str | Path) -> Path:
+    """Write ``output_dir/report.md`` (and the plot it shows); returns its path."""
+    folder = Path(output_dir)
+    results = read_results(folder / RESULTS_FILE)
+    best_iou_plot(results, folder / PLOT_FILE)
+    path = folder / REPORT_FILE
+    path.write_text(render_report(results, has_grid=(folder / GRID_FILE).is_file()))
+    return path
+
+
+def render_report(results: Results, has_grid: bool = False) -> str:
+    """The Markdown text of the report (pictures referenced by relative file name)."""
+    lines = [f"# qtt-ray: {results.dataset}", ""]
+    lines += _summary(results)
+    lines += ["", "## Best IoU over time", "", f"![best IoU over time]({PLOT_FILE})", ""]
+    if has_grid:
+        lines += ["## Validation images", "",
+                  "Image, ground truth, zero-shot and tuned prediction (box prompts from the "
+                  "ground truth, as in validation).", "",
+                  f"![validation predictions]({GRID_FILE})", ""]
+    lines += ["## Best configuration", ""]
+    lines += _best_config(results)
+    lines += ["", "## Where the time went", ""]
+    lines += _time_table(results)
+    lines += ["", "## Trials", ""]
+    lines += _trial_table(results)
+    return "\n".join(lines) + "\n"
+
+
+def _summary(results: Results) -> list[str]:
+    zero, best = results.zero_shot_iou, results.best_iou
+    gain = best - zero if _finite(zero) and _finite(best) else None
+    epochs = sum(t.epochs for t in results.trials)
+    where = ("-" if results.best_trial is None
+             else f"{results.best_trial}, epoch {results.best_epoch}")
+    rows = [
+        ("zero-shot IoU", _number(zero)),
+        ("best IoU", _number(best) + ("" if gain is None else f" ({gain:+.4f})")),
+        ("best trial", where),
+        ("trials", str(len(results.trials))),
+        ("epochs trained", str(epochs)),
+        ("searcher", results.searcher),
+        ("model", results.model),
+        ("budget", _seconds(results.budget_s)),
+        ("seed", str(results.seed)),
+    ]
+    return _table(("", ""), rows)
+
+
+def _best_config(results: Results) -> list[str]:
+    if not results.best_config:
+        return ["No trial finished an epoch: there is no best configuration."]
+    rows = [(str(k), _value(v)) for k, v in results.best_config.items()]
+    return _table(("hyperparameter", "value"), rows)
+
+
+def _time_table(results: Results) -> list[str]:
+    total = results.startup_s + results.elapsed_s + results.final_eval_s
+    step_s = sum(sum(t.epoch_s) for t in results.trials)
+    train_s = sum(sum(t.train_s) for t in results.trials)
+
+    def row(name: str, seconds: float) -> tuple[str, str, str]:
+        share = f"{100.0 * seconds / total:.0f} %" if total > 0 else "-"
+        return (name, _seconds(seconds), share)
+
+    rows = [
+        row("start-up (Ray, data, zero-shot evaluation)", results.startup_s),
+        row("tuning: training inside trial steps", results.train_s),
+        row("tuning: overhead (decisions, scheduling, checkpoints, actors)", results.overhead_s),
+        row("final evaluation and export", results.final_eval_s),
+        row("total", total),
+    ]
+    lines = _table(("phase", "seconds", "share"), rows)
+    used = results.elapsed_s / results.budget_s if results.budget_s > 0 else float("nan")
+    lines += ["", f"Tuning took {_seconds(results.elapsed_s)} of the {_seconds(results.budget_s)} "
+              f"budget ({_percent(used)})."]
+    if step_s > train_s > 0:
+        lines.append(
+            f"Per epoch, trials spent {_seconds(train_s)} training and "
+            f"{_seconds(step_s - train_s)} validating ({_percent((step_s - train_s) / step_s)} "
+            "of their step time)."
+        )
+    return lines
+
+
+def _trial_table(results: Results) -> list[str]:
+    ranked = sorted(results.trials, key=lambda t: -(t.best_iou if _finite(t.best_iou) else -1.0))
+    rows = [
+        (t.trial_id + (" (best)" if t.trial_id == results.best_trial else ""), t.status,
+         str(t.epochs), _number(t.best_iou), _number(t.iou[-1] if t.iou else None),
+         str(t.resumes))
+        for t in ranked[:TRIAL_ROWS]
+    ]
+    lines = _table(("trial", "status", "epochs", "best IoU", "last IoU", "resumes"), rows)
+    if len(ranked) > TRIAL_ROWS:
+        lines.append(f"\n... and {len(ranked) - TRIAL_ROWS} more trials in {RESULTS_FILE}.")
+    return lines
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    def cells(values: tuple[str, ...]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    return [cells(header), "|" + "|".join("---" for _ in header) + "|", *map(cells, rows)]
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.4f}" if _finite(value) else "-"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100.0 * fraction:.0f} %" if math.isfinite(fraction) else "-"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 120 else f"{value:.0f} s ({value / 60:.1f} min)"
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qtt_ray.report RUN``: (re)write the report of a finished run folder."""
+    import argparse
+    import sys
+
+    from qtt_ray.results import ResultsError
+
+    parser = argparse.ArgumentParser(prog="python -m qtt_ray.report", description=main.__doc__)
+    parser.add_argument("run", type=Path, help="output folder of qtt_ray.tune")
+    args = parser.parse_args(argv)
+    try:
+        print(write_report(args.run))
+    except ResultsError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The SAM2 Trainable driven in-process (no Ray cluster): steps, pause/resume, actor reuse."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from ray import tune
+from ray.tune.trainable import trainable as trainable_module
+
+from qtt_ray.data import Sample, write_dataset_folder
+from qtt_ray.model.build import ModelError
+from qtt_ray.trainables import RunSettings, SAM2Trainable, default_resources
+
+CONFIG = {
+    "lora": 1, "lora_rank": 4, "lora_dropout": 0.1, "lr": 2e-3, "weight_decay": 0.0,
+    "horizontal_flip": 1, "vertical_flip": 0, "random_rotate": 1, "sched": "cosine",
+}
+OTHER = {**CONFIG, "lora": 0, "sched": "step", "step_size": 3}
+RESULT_KEYS = {"iou", "loss", "val_loss", "epoch", "train_s", "eval_s", "epoch_s", "diverged"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared, loaded CPU two threads stall each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def trial_dirs_in_tmp(tmp_path_factory):
+    """An actor-less Trainable makes a log folder under Ray's default storage: keep it in tmp."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            trainable_module, "DEFAULT_STORAGE_PATH", str(tmp_path_factory.mktemp("ray_results"))
+        )
+        yield
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory) -> RunSettings:
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(10):
+        image = rng.integers(0, 80, size=(48, 56, 3), dtype=np.uint8)
+        mask = np.zeros((48, 56), np.uint8)
+        y, x = rng.integers(2, 24, size=2)
+        mask[y : y + 16, x : x + 20] = 1
+        image[mask > 0] = (210, 120, 40)
+        samples.append(Sample(f"img{i:02d}", image, mask))
+    folder = write_dataset_folder(samples, tmp_path_factory.mktemp("data") / "boxes")
+    return RunSettings(
+        data=str(folder), num_images=10, model="micro", image_size=64, batch_size=2, seed=1
+    )
+
+
+def direct(settings: RunSettings, config: dict) -> SAM2Trainable:
+    """What ``tune.with_parameters`` does (setup gets the settings), without the object store."""
+
+    class Direct(SAM2Trainable):
+        def setup(self, config):  # noqa: D401 - same hook Ray's wrapper overrides
+            super().setup(config, settings=settings)
+
+    return Direct(config=dict(config))
+
+
+def test_step_reports_every_metric(settings):
+    trainable = direct(settings, {**CONFIG, "_searcher_note": 1})
+    result = trainable.train()  # Ray's wrapper around step(): adds training_iteration etc.
+    assert RESULT_KEYS <= set(result)
+    assert result["epoch"] == 1 and result["training_iteration"] == 1
+    assert 0.0 <= result["iou"] <= 1.0 and np.isfinite(result["loss"])
+    assert result["diverged"] is False
+    assert result["epoch_s"] >= result["train_s"] + result["eval_s"] - 1e-6
+    trainable.stop()
+
+
+def test_pause_resume_and_actor_reuse_give_the_uninterrupted_epoch(settings, tmp_path):
+    straight = direct(settings, CONFIG)
+    straight.train()
+    straight.save_checkpoint(str(tmp_path))
+    want = straight.step()
+
+    # a reused actor that served another trial first, then resumes ours from its checkpoint
+    reused = direct(settings, OTHER)
+    reused.train()
+    assert reused.reset_config(CONFIG) is True
+    reused.load_checkpoint(str(tmp_path))
+    got = reused.step()
+    for key in ("iou", "loss", "val_loss", "epoch", "diverged"):
+        assert got[key] == want[key], key
+    assert got["epoch"] == 2
+    straight.stop()
+    reused.stop()
+
+
+def test_reset_config_starts_a_fresh_trial_on_the_cached_base(settings):
+    trainable = direct(settings, CONFIG)
+    base, dataset = trainable.base, trainable.dataset
+    trainable.train()
+    assert trainable.reset_config(OTHER)
+    assert trainable.base is base and trainable.dataset is dataset  # loaded once per actor
+    assert trainable.tuner.epoch == 0 and trainable.tuner.config["lora"] == 0
+    assert trainable.step()["epoch"] == 1
+    trainable.stop()
+
+
+def test_with_parameters_accepts_the_trainable():
+    wrapped = tune.with_parameters(SAM2Trainable, settings=RunSettings(model="micro"))
+    assert issubclass(wrapped, SAM2Trainable)
+
+
+def test_pinned_settings_resolve_the_model_once(settings, monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("QTT_SAM2_CHECKPOINT", raising=False)
+    pinned = replace(settings, model="auto", image_size=None).pinned()
+    assert (pinned.model, pinned.checkpoint, pinned.image_size) == ("micro", None, 128)
+    assert "meaningless" in caplog.text
+    assert RunSettings.from_json(pinned.to_json()) == pinned
+    with pytest.raises(ModelError):
+        replace(settings, model="large").pinned()
+
+
+def test_default_resources():
+    cpu_only = default_resources(gpus_per_trial=0, cpus_per_trial=1)
+    assert cpu_only == {"cpu": 1.0}
+    resources = default_resources()
+    if torch.cuda.is_available():
+        assert resources["gpu"] == 1.0 and default_resources(0.5)["gpu"] == 0.5
+    else:
+        assert set(resources) == {"cpu"} and resources["cpu"] >= 1
