@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+# OpenMP's default busy-waiting makes torch 10-30x slower when the 2 cores are shared (measured):
+# set before any test module imports torch. Ray workers inherit it from the driver.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 
 
