@@ -1,0 +1,183 @@
+"""``python -m qtt_ray.compare``: experiments side by side, from MLflow or from run folders.
+
+For each experiment: searcher, dataset, budget, zero-shot IoU, best IoU and the time it took to
+reach 95 % of that best (from the best-IoU-over-time history), as a table on stdout, a
+``comparison.json`` and a ``comparison.png`` plot of best IoU over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from qtt_ray.cli import CliError, run_cli
+from qtt_ray.results import RESULTS_FILE, ResultsError, read_results
+
+PROG = "python -m qtt_ray.compare"
+Timeline = list[tuple[float, float]]
+
+
+@dataclass
+class Row:
+    name: str
+    searcher: str
+    dataset: str
+    budget_s: float
+    zero_shot_iou: float | None
+    best_iou: float | None
+    time_to_95_s: float | None
+    timeline: Timeline
+
+
+def time_to_fraction(timeline: Timeline, fraction: float = 0.95) -> float | None:
+    """First time the best-so-far reached ``fraction`` of its final value."""
+    if not timeline:
+        return None
+    final = max(best for _, best in timeline)
+    for seconds, best in timeline:
+        if best >= fraction * final:
+            return seconds
+    return None
+
+
+def plot_best_over_time(curves: dict[str, Timeline], path: str | Path,
+                        zero_shot: float | None = None) -> Path:
+    """Step plot of best IoU so far against tuning seconds, one line per experiment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, timeline in curves.items():
+        if timeline:
+            xs, ys = zip(*timeline, strict=True)
+            ax.step(xs, ys, where="post", label=label)
+    if zero_shot is not None and math.isfinite(zero_shot):
+        ax.axhline(zero_shot, color="grey", linestyle="--", label="zero-shot")
+    ax.set_xlabel("tuning time (s)")
+    ax.set_ylabel("best validation IoU")
+    ax.grid(alpha=0.3)
+    if curves or zero_shot is not None:
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def rows_from_folders(root: Path) -> list[Row]:
+    if not root.is_dir():
+        raise CliError(f"--output-root {root}: no such folder; pass the folder holding run folders")
+    rows = []
+    for path in sorted(root.glob(f"*/{RESULTS_FILE}")):
+        try:
+            results = read_results(path)
+        except ResultsError as err:
+            print(f"{PROG}: skipping {err}", file=sys.stderr)
+            continue
+        saved = results.extra.get("timeline")
+        timeline = ([(float(a), float(b)) for a, b in saved] if saved
+                    else _timeline_from_trials(results))
+        rows.append(Row(path.parent.name, results.searcher, results.dataset, results.budget_s,
+                        results.zero_shot_iou, results.best_iou,
+                        time_to_fraction(timeline), timeline))
+    return rows
+
+
+def _timeline_from_trials(results) -> Timeline:  # noqa: ANN001
+    """Fallback for files without a timeline: epochs in trial order, cumulative epoch seconds."""
+    events = []
+    for trial in results.trials:
+        for iou, seconds in zip(trial.iou, trial.epoch_s, strict=False):
+            events.append((seconds, iou))
+    timeline, clock, best = [], 0.0, -math.inf
+    for seconds, iou in events:
+        clock += seconds if math.isfinite(seconds) else 0.0
+        if math.isfinite(iou) and iou > best:
+            best = iou
+        if math.isfinite(best):
+            timeline.append((clock, best))
+    return timeline
+
+
+def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=uri)
+        found = client.get_experiment_by_name(experiment)
+    except Exception as err:
+        raise CliError(f"--mlflow-uri {uri}: cannot read it ({str(err).splitlines()[0]})") from err
+    if found is None:
+        raise CliError(f"--mlflow-uri {uri}: no experiment {experiment!r}; run qtt_ray.tune first")
+    runs = client.search_runs([found.experiment_id], "tags.searcher != ''", max_results=1000)
+    rows = []
+    for run in runs:
+        if "mlflow.parentRunId" in run.data.tags:
+            continue  # a trial's child run
+        history = client.get_metric_history(run.info.run_id, "best_iou_over_time")
+        timeline = [(float(m.step), float(m.value)) for m in history]
+        metrics, tags = run.data.metrics, run.data.tags
+        rows.append(Row(run.info.run_name or run.info.run_id, tags.get("searcher", "?"),
+                        tags.get("dataset", "?"), float(tags.get("budget_s", "nan")),
+                        metrics.get("zero_shot_iou"), metrics.get("best_iou"),
+                        time_to_fraction(timeline), timeline))
+    return rows
+
+
+def print_rows(rows: list[Row]) -> None:
+    def fmt(value: float | None, digits: int = 3) -> str:
+        return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+    header = ("experiment", "searcher", "dataset", "budget_s", "zero-shot", "best", "t95_s")
+    table = [header] + [
+        (r.name, r.searcher, r.dataset, fmt(r.budget_s, 0), fmt(r.zero_shot_iou),
+         fmt(r.best_iou), fmt(r.time_to_95_s, 1))
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+
+
+def compare_main(args: argparse.Namespace) -> int:
+    if args.mlflow_uri:
+        rows = rows_from_mlflow(args.mlflow_uri, args.experiment)
+    else:
+        rows = rows_from_folders(Path(args.output_root))
+    if not rows:
+        raise CliError("no experiments found; run `python -m qtt_ray.tune` first")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print_rows(rows)
+    data = [{k: v for k, v in asdict(r).items() if k != "timeline"} for r in rows]
+    (out / "comparison.json").write_text(json.dumps(data, indent=2))
+    plot = plot_best_over_time({f"{r.name} ({r.searcher})": r.timeline for r in rows},
+                               out / "comparison.png")
+    print(f"\nwrote {out / 'comparison.json'} and {plot}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--output-root", default="runs", help="folder of qtt_ray.tune output folders")
+    p.add_argument("--mlflow-uri", default=None, help="read experiments from this MLflow store")
+    p.add_argument("--experiment", default="qtt-ray", help="MLflow experiment name")
+    p.add_argument("--out", default="comparison", help="where to write the table and plot")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_cli(PROG, lambda: compare_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

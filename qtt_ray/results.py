@@ -1,0 +1,179 @@
+"""The results.json schema: the one place that defines what an experiment's summary holds.
+
+Written by ``python -m qtt_ray.tune`` into its output folder, logged to MLflow, read by
+``python -m qtt_ray.compare``. Times: ``budget_s`` is what the user asked for; ``elapsed_s`` is the
+tuning phase's wall clock (``train_s`` inside trial steps + ``overhead_s`` for everything else:
+scheduling, decisions, checkpoints, actor start-up); ``startup_s`` (Ray start, zero-shot
+evaluation) and ``final_eval_s`` (export and pictures) come on top.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+TRIAL_STATUSES = ("TERMINATED", "PAUSED", "ERROR", "RUNNING", "PENDING")
+
+
+class ResultsError(ValueError):
+    """A results.json that does not follow the schema (names the file and the field)."""
+
+
+@dataclass
+class TrialRecord:
+    """One trial: its configuration and per-epoch curve, as the driver saw every result."""
+
+    trial_id: str
+    config: dict[str, Any]
+    iou: list[float] = field(default_factory=list)  # per epoch, NaN for a diverged epoch
+    epoch_s: list[float] = field(default_factory=list)  # seconds per epoch (train + eval)
+    train_s: list[float] = field(default_factory=list)  # seconds inside the trial step
+    resumes: int = 0  # how often it was resumed after a pause
+    status: str = "PENDING"
+
+    @property
+    def epochs(self) -> int:
+        return len(self.iou)
+
+    @property
+    def best_iou(self) -> float:
+        finite = [v for v in self.iou if math.isfinite(v)]
+        return max(finite) if finite else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "trial_id": self.trial_id,
+            "config": self.config,
+            "epochs": self.epochs,
+            "iou": [_json_float(v) for v in self.iou],
+            "epoch_s": list(self.epoch_s),
+            "train_s": list(self.train_s),
+            "resumes": self.resumes,
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialRecord:
+        return cls(
+            trial_id=str(data["trial_id"]),
+            config=dict(data["config"]),
+            iou=[_from_json_float(v) for v in data["iou"]],
+            epoch_s=[float(v) for v in data["epoch_s"]],
+            train_s=[float(v) for v in data.get("train_s", [])],
+            resumes=int(data["resumes"]),
+            status=str(data["status"]),
+        )
+
+
+@dataclass
+class Results:
+    """The experiment summary; ``to_json`` is exactly the results.json document."""
+
+    searcher: str
+    dataset: str
+    model: str
+    seed: int
+    budget_s: float
+    zero_shot_iou: float | None
+    best_iou: float | None
+    best_config: dict[str, Any] | None
+    best_trial: str | None
+    best_epoch: int | None
+    elapsed_s: float
+    train_s: float
+    overhead_s: float
+    startup_s: float
+    final_eval_s: float
+    trials: list[TrialRecord]
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. decision_s, exported adapter
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["trials"] = [t.to_json() for t in self.trials]
+        for key in ("zero_shot_iou", "best_iou"):
+            data[key] = _json_float(data[key])
+        data["schema_version"] = SCHEMA_VERSION
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Results:
+        return cls(
+            searcher=str(data["searcher"]),
+            dataset=str(data["dataset"]),
+            model=str(data["model"]),
+            seed=int(data["seed"]),
+            budget_s=float(data["budget_s"]),
+            zero_shot_iou=_from_json_float(data["zero_shot_iou"]),
+            best_iou=_from_json_float(data["best_iou"]),
+            best_config=data["best_config"],
+            best_trial=data["best_trial"],
+            best_epoch=data.get("best_epoch"),
+            elapsed_s=float(data["elapsed_s"]),
+            train_s=float(data["train_s"]),
+            overhead_s=float(data["overhead_s"]),
+            startup_s=float(data["startup_s"]),
+            final_eval_s=float(data["final_eval_s"]),
+            trials=[TrialRecord.from_json(t) for t in data["trials"]],
+            extra=dict(data.get("extra", {})),
+        )
+
+
+REQUIRED_KEYS = (
+    "zero_shot_iou", "best_iou", "best_config", "best_trial", "budget_s", "elapsed_s", "train_s",
+    "overhead_s", "startup_s", "final_eval_s", "searcher", "dataset", "model", "seed", "trials",
+)
+TRIAL_KEYS = ("trial_id", "config", "epochs", "iou", "epoch_s", "resumes", "status")
+
+
+def best_of(trials: list[TrialRecord]) -> tuple[TrialRecord | None, int | None, float | None]:
+    """The (trial, 1-based epoch, IoU) with the highest finite IoU; earliest wins ties."""
+    best: tuple[TrialRecord | None, int | None, float | None] = (None, None, None)
+    for trial in trials:
+        for epoch, value in enumerate(trial.iou, start=1):
+            if math.isfinite(value) and (best[2] is None or value > best[2]):
+                best = (trial, epoch, value)
+    return best
+
+
+def write_results(path: str | Path, results: Results) -> Path:
+    """Write atomically (a crash never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results.to_json(), indent=2, allow_nan=False))
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | Path) -> Results:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as err:
+        raise ResultsError(f"{path}: no such file; pass a run folder of qtt_ray.tune") from err
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{path}: not valid JSON ({err}); rerun qtt_ray.tune") from err
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise ResultsError(f"{path}: missing key {missing[0]!r}; not a qtt_ray results.json")
+    for i, trial in enumerate(data["trials"]):
+        gaps = [k for k in TRIAL_KEYS if k not in trial]
+        if gaps:
+            raise ResultsError(f"{path}: trials[{i}] lacks {gaps[0]!r}; not a qtt_ray results.json")
+    return Results.from_json(data)
+
+
+def _json_float(value: float | None) -> float | None:
+    """JSON has no NaN: a missing/NaN number is written as null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _from_json_float(value: Any) -> float:
+    return float("nan") if value is None else float(value)

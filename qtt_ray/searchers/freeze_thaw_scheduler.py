@@ -1,0 +1,89 @@
+"""The Ray Tune TrialScheduler view of the freeze-thaw controller.
+
+Every trial trains exactly one epoch per start: each result is answered PAUSE (or STOP when the
+policy is done with the trial), and a paused trial runs again only when the shared policy picks
+it in ``choose_trial_to_run``. Buffered results are off, so a PAUSE lands after one ``step()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import TrialScheduler
+
+from qtt_ray.searchers.controller import FreezeThawController
+
+
+class FreezeThawScheduler(TrialScheduler):
+    """Pauses after every epoch; resumes what the policy wants, within the slot count."""
+
+    _supports_buffered_results = False
+
+    def __init__(self, controller: FreezeThawController) -> None:
+        super().__init__()
+        self.controller = controller
+        self._trials: dict[str, Trial] = {}
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        self._trials[trial.trial_id] = trial
+        if trial.status != Trial.PENDING or self.controller.is_in_flight(trial.trial_id):
+            return
+        # Tuner.restore re-queues paused trials as PENDING, which Tune would start all at once
+        # and without asking anyone. Before Tune files the trial by its status, put it back to
+        # PAUSED (the policy resumes it) or TERMINATED (the policy no longer knows it).
+        if self.controller.is_paused(trial.trial_id):
+            trial.set_status(Trial.PAUSED)
+        else:
+            trial.set_status(Trial.TERMINATED)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        verdict = self.controller.on_result(trial.trial_id, result)
+        return {
+            "stop": TrialScheduler.STOP,
+            "pause": TrialScheduler.PAUSE,
+            "continue": TrialScheduler.CONTINUE,
+        }[verdict]
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        """The searcher's on_trial_complete(error=True) closes the trial in the controller."""
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        """Closed through the searcher, which Tune always notifies as well."""
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        """Closed through the searcher, which Tune always notifies as well."""
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Trial | None:
+        """Idempotent: polled many times a second while Tune is idle."""
+        live = tune_controller.get_live_trials()
+        self.controller.observe_busy(
+            sum(1 for t in live if t.status in (Trial.RUNNING, Trial.PENDING))
+        )
+        if self.controller.exhausted:
+            self._stop_paused(tune_controller)
+            return None
+        ray_id = self.controller.start_resume(self._is_paused)
+        if ray_id is None:
+            if self.controller.exhausted:
+                self._stop_paused(tune_controller)
+            return None
+        return self._trials[ray_id]
+
+    def _is_paused(self, ray_trial_id: str) -> bool:
+        trial = self._trials.get(ray_trial_id)
+        return trial is not None and trial.status == Trial.PAUSED
+
+    def _stop_paused(self, tune_controller: Any) -> None:
+        """At the end, close paused trials properly (searcher, scheduler and callbacks hear)."""
+        for ray_id in self.controller.paused_ids():
+            trial = self._trials.get(ray_id)
+            if trial is not None and trial.status == Trial.PAUSED:
+                tune_controller.stop_trial(trial)
+
+    def debug_string(self) -> str:
+        paused = len(self.controller.paused_ids())
+        return f"FreezeThaw: {self.controller.slots} slot(s), {paused} paused"

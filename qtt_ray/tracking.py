@@ -1,0 +1,339 @@
+"""Experiment tracking on the driver: the per-trial recorder and the MLflow logger.
+
+``TrialRecorder`` keeps every trial's curve as the driver sees each result (Tune's own
+result.json loses rows across pauses) and the best-IoU-over-time timeline; ``tune.py`` builds
+results.json from it. ``MlflowTracker`` logs one parent run per experiment and one nested child
+run per trial with ``MlflowClient.log_batch`` (one call per result; Ray's MLflowLoggerCallback
+makes one call per metric and re-logs params on each resume, which costs more than a replayed
+epoch). Every run it opens ends FINISHED, KILLED or FAILED, never RUNNING.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from qtt_ray.results import TrialRecord
+
+log = logging.getLogger(__name__)
+
+HIDDEN_PREFIX = "_"  # config keys for the trainables' plumbing, not hyperparameters
+
+
+def hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if not str(k).startswith(HIDDEN_PREFIX)}
+
+
+class TrialRecorder(Callback):
+    """Curves, resumes, statuses and the best-so-far timeline of every trial."""
+
+    def __init__(self, metric: str = "iou") -> None:
+        self.metric = metric
+        self.trials: dict[str, TrialRecord] = {}
+        self.timeline: list[tuple[float, float]] = []  # (seconds since start, best IoU so far)
+        self.started_at: float | None = None
+        self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
+        self._starts: dict[str, int] = {}
+        self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
+
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return self.spent_before
+        return self.spent_before + time.monotonic() - self.started_at
+
+    def setup(self, **info: Any) -> None:
+        if self.started_at is None:
+            self.started_at = time.monotonic()
+
+    def _record(self, trial: Trial) -> TrialRecord:
+        record = self.trials.get(trial.trial_id)
+        if record is None:
+            record = TrialRecord(trial.trial_id, hyperparameters(trial.config))
+            self.trials[trial.trial_id] = record
+        return record
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        record = self._record(trial)
+        self._starts[trial.trial_id] = self._starts.get(trial.trial_id, 0) + 1
+        if record.epochs > 0:  # started again after a pause (or after a resume of the experiment)
+            record.resumes += 1
+        record.status = Trial.RUNNING
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        record = self._record(trial)
+        value = _float(result.get(self.metric))
+        iteration = result.get("training_iteration")
+        if iteration is not None and int(iteration) <= record.epochs:
+            # a trial restarted from an older checkpoint re-trains epochs: keep the newest
+            keep = int(iteration) - 1
+            del record.iou[keep:], record.epoch_s[keep:], record.train_s[keep:]
+        record.iou.append(value)
+        record.epoch_s.append(_float(result.get("epoch_s", result.get("time_this_iter_s"))))
+        record.train_s.append(_float(result.get("train_s", result.get("time_this_iter_s"))))
+        best = self.best_iou()
+        if best is not None:
+            self.timeline.append((self.elapsed(), best))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._record(trial).status = Trial.TERMINATED
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._record(trial).status = Trial.ERROR
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Trials ended by Tune's time budget get no on_trial_complete: take their status."""
+        for trial in trials:
+            if trial.trial_id in self.trials:
+                self.trials[trial.trial_id].status = str(trial.status)
+            if trial.checkpoint is not None:
+                self.checkpoints[trial.trial_id] = trial.checkpoint.path
+
+    def best_iou(self) -> float | None:
+        values = [r.best_iou for r in self.trials.values() if math.isfinite(r.best_iou)]
+        return max(values) if values else None
+
+    def records(self) -> list[TrialRecord]:
+        return list(self.trials.values())
+
+    # -- experiment resume: Tune saves callback state beside the searcher's -----------------
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "trials": [r.to_json() for r in self.trials.values()],
+            "timeline": [list(p) for p in self.timeline],
+            "elapsed_s": self.elapsed(),
+            "checkpoints": dict(self.checkpoints),
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.trials = {t["trial_id"]: TrialRecord.from_json(t) for t in state["trials"]}
+        self.timeline = [(float(a), float(b)) for a, b in state["timeline"]]
+        self.spent_before = float(state.get("elapsed_s", 0.0))
+        self.checkpoints = dict(state.get("checkpoints", {}))
+        self.started_at = None
+
+
+class MlflowTracker(Callback):
+    """Parent run per experiment + nested child run per trial, batched, always closed."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_name: str,
+        run_name: str,
+        tags: dict[str, str],
+        metric: str = "iou",
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tags = dict(tags)
+        self.metric = metric
+        self.parent_run_id: str | None = None
+        self.child_runs: dict[str, str] = {}  # Ray trial id -> MLflow run id
+        self._closed_children: set[str] = set()
+        self._client: Any = None
+        self._disabled = False
+        self._started_at: float | None = None
+        self._logged_epochs = 0
+
+    # the client is not picklable and Tune pickles callbacks into tuner.pkl
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def active(self) -> bool:
+        return self.parent_run_id is not None and not self._disabled
+
+    def start(self) -> None:
+        """Open (or, after an experiment resume, reopen) the parent run. Safe to call twice."""
+        if self._disabled or (self.parent_run_id is not None and self._client is not None):
+            return
+        try:
+            _check_reachable(self.tracking_uri)
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            experiment = self._client.get_experiment_by_name(self.experiment_name)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self._client.create_experiment(self.experiment_name)
+            )
+            if self.parent_run_id is None:
+                run = self._client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+                self.parent_run_id = run.info.run_id
+            else:
+                self._client.update_run(self.parent_run_id, status="RUNNING")
+        except Exception as err:  # an unreachable server must not stop the tuning
+            self._disable(err)
+        self._started_at = time.monotonic()
+
+    def _disable(self, err: Exception) -> None:
+        if not self._disabled:
+            log.warning(
+                "MLflow at %s is not usable (%s); continuing without MLflow",
+                self.tracking_uri,
+                str(err).splitlines()[0] if str(err) else type(err).__name__,
+            )
+        self._disabled = True
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._disabled or self._client is None:
+            return None
+        try:
+            return getattr(self._client, method)(*args, **kwargs)
+        except Exception as err:
+            self._disable(err)
+            return None
+
+    # -- Tune hooks -------------------------------------------------------------------------
+    def setup(self, **info: Any) -> None:
+        self.start()
+
+    def _child(self, trial: Trial) -> str | None:
+        if not self.active:
+            return None
+        run_id = self.child_runs.get(trial.trial_id)
+        if run_id is not None:
+            if trial.trial_id in self._closed_children:  # resumed experiment: reopen
+                self._call("update_run", run_id, status="RUNNING")
+                self._closed_children.discard(trial.trial_id)
+            return run_id
+        from mlflow.entities import Param, RunTag
+
+        experiment = self._call("get_run", self.parent_run_id)
+        if experiment is None:
+            return None
+        tags = {"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id}
+        for key, value in trial.config.items():
+            if str(key).startswith(HIDDEN_PREFIX):
+                tags[str(key).lstrip(HIDDEN_PREFIX)] = str(value)
+        run = self._call(
+            "create_run", experiment.info.experiment_id, run_name=trial.trial_id, tags=tags
+        )
+        if run is None:
+            return None
+        run_id = run.info.run_id
+        self.child_runs[trial.trial_id] = run_id
+        params = [Param(str(k), str(v)) for k, v in hyperparameters(trial.config).items()]
+        self._call("log_batch", run_id, params=params, tags=[RunTag("searcher", self.tags.get(
+            "searcher", ""))])
+        return run_id
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        run_id = self._child(trial)
+        if run_id is None:
+            return
+        from mlflow.entities import Metric
+
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        elapsed = time.monotonic() - (self._started_at or time.monotonic())
+        values = {
+            "iou": result.get(self.metric),
+            "loss": result.get("loss"),
+            "epoch_s": result.get("epoch_s"),
+            "elapsed_s": elapsed,
+        }
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in values.items()
+            if isinstance(value, (int, float))
+        ]
+        self._call("log_batch", run_id, metrics=metrics)
+        self._logged_epochs += 1
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._end_child(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self._end_child(trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """Trials cut by the time budget never get on_trial_complete: close them here."""
+        status_of = {t.trial_id: t.status for t in trials}
+        for trial_id in list(self.child_runs):
+            status = status_of.get(trial_id)
+            self._end_child(trial_id, "FINISHED" if status == Trial.TERMINATED else "KILLED")
+
+    def _end_child(self, trial_id: str, status: str) -> None:
+        run_id = self.child_runs.get(trial_id)
+        if run_id is None or trial_id in self._closed_children:
+            return
+        self._call("set_terminated", run_id, status=status)
+        self._closed_children.add(trial_id)
+
+    # -- the parent run, driven by tune.py ----------------------------------------------------
+    def log_summary(self, metrics: dict[str, float], params: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
+        self._call(
+            "log_batch",
+            self.parent_run_id,
+            metrics=batch,
+            params=[Param(str(k), str(v)[:6000]) for k, v in params.items()],
+        )
+
+    def log_timeline(self, timeline: list[tuple[float, float]]) -> None:
+        """Best IoU so far against seconds, as a metric history on the parent run."""
+        if not self.active or not timeline:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric("best_iou_over_time", float(best), now + i, int(round(seconds)))
+            for i, (seconds, best) in enumerate(timeline)
+        ]
+        for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+            self._call("log_batch", self.parent_run_id, metrics=metrics[start : start + 900])
+
+    def log_artifact(self, path: str | Path) -> None:
+        if self.active and Path(path).exists():
+            self._call("log_artifact", self.parent_run_id, str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End every child still open as KILLED, then the parent with ``status``."""
+        for trial_id in list(self.child_runs):
+            self._end_child(trial_id, "KILLED")
+        if self.active:
+            self._call("set_terminated", self.parent_run_id, status=status)
+
+
+def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on a dead tracking server (MLflow's own HTTP retries take minutes)."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+        pass
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(float(value))

@@ -1,0 +1,77 @@
+"""MLflow tracking: a parent run per experiment, a child per trial, batched metrics, and every
+run ends in a terminal state, also when Tune's time budget cuts paused and running trials."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+from mlflow.tracking import MlflowClient
+from ray import tune
+from ray_fixtures import fit, ray_session, synthetic_meta  # noqa: F401
+
+from qtt_ray.bench.peers import Hyperband
+from qtt_ray.searchers import SimulatedClock, make_search
+from qtt_ray.tracking import MlflowTracker, TrialRecorder
+from qtt_ray.trainables.replay_trainable import RUN_ID_KEY, ReplayCurves, ReplayTrainable
+
+TERMINAL = {"FINISHED", "KILLED", "FAILED"}
+
+
+def tracked_run(tmp_path, name: str, time_budget_s: float | None, time_scale: float):  # noqa: ANN001, ANN201
+    meta = synthetic_meta(9)
+    pool = meta.runs
+    setup = make_search(
+        "quicktune", space=meta.space, slots=1,
+        policy_factory=functools.partial(Hyperband, [r.config for r in pool], 10, 0),
+        clock=SimulatedClock(None, 1),
+        trial_extras={i: {RUN_ID_KEY: r.run_id} for i, r in enumerate(pool)},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "tests", name, {"searcher": "hyperband", "dataset": "synthetic"})
+    tracker.start()
+    recorder = TrialRecorder()
+    trainable = tune.with_resources(
+        tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
+                             time_scale=time_scale), {"cpu": 1})
+    fit(trainable, setup, tmp_path, name, callbacks=[recorder, tracker],
+        time_budget_s=time_budget_s)
+    tracker.log_timeline(recorder.timeline)
+    tracker.close("FINISHED")
+    return MlflowClient(uri), tracker, recorder
+
+
+def test_runs_nest_log_batches_and_finish(ray_session, tmp_path) -> None:  # noqa: F811
+    client, tracker, recorder = tracked_run(tmp_path, "full", None, 0.0)
+    parent = client.get_run(tracker.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["searcher"] == "hyperband"
+    assert len(client.get_metric_history(parent.info.run_id, "best_iou_over_time")) == len(
+        recorder.timeline)
+    assert len(tracker.child_runs) == len(recorder.records())
+    for record in recorder.records():
+        child = client.get_run(tracker.child_runs[record.trial_id])
+        assert child.data.tags["mlflow.parentRunId"] == tracker.parent_run_id
+        assert child.info.status == "FINISHED"
+        assert "lr" in child.data.params
+        history = client.get_metric_history(child.info.run_id, "iou")
+        assert [m.value for m in history] == record.iou  # every epoch, in order
+
+
+def test_time_budget_leaves_no_run_running(ray_session, tmp_path) -> None:  # noqa: F811
+    # each replayed epoch sleeps 0.1 s: the 3 s budget ends the search with trials paused
+    client, tracker, recorder = tracked_run(tmp_path, "cut", 3.0, 0.01)
+    runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
+    assert len(runs) == 1 + len(tracker.child_runs)
+    assert {run.info.status for run in runs} <= TERMINAL
+
+
+def test_unreachable_server_warns_once_and_continues(caplog) -> None:
+    tracker = MlflowTracker("http://127.0.0.1:9", "tests", "x", {}, metric="iou")
+    with caplog.at_level(logging.WARNING, logger="qtt_ray.tracking"):
+        tracker.start()
+        tracker.log_summary({"best_iou": 0.5}, {})
+        tracker.close("FINISHED")
+    warnings = [r for r in caplog.records if "continuing without MLflow" in r.getMessage()]
+    assert len(warnings) == 1
+    assert not tracker.active

@@ -1,0 +1,66 @@
+"""Bad input to ``python -m qtt_ray.tune`` / ``qtt_ray.compare``: one line on stderr, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qtt_ray import compare, tune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(main, argv: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
+    code = main(argv)
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--budget", "0"], "--budget"),
+        (["--budget", "-5"], "--budget"),
+        (["--num-images", "1"], "--num-images"),
+        (["--max-concurrent", "0"], "--max-concurrent"),
+        (["--resume", "/nonexistent/run"], "--resume"),
+        (["--model", "gigantic", "--budget", "5"], "--model"),
+        (["--checkpoint", "/nonexistent/sam2.pt", "--budget", "5"], "--checkpoint"),
+        (["--predictors", "/nonexistent/predictors", "--model", "micro"], "--predictors"),
+        (["--data", "/nonexistent/dataset", "--model", "micro"], "/nonexistent/dataset"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv: list[str], names: str, capsys) -> None:
+    code, err = run_main(tune.main, argv, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("python -m qtt_ray.tune: error:")
+    assert names in lines[-1]
+    assert "Traceback" not in err
+
+
+def test_quicktune_without_predictors_names_the_training_command(
+    capsys, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.setattr(tune, "PREDICTORS_DIR", tmp_path / "absent")
+    code, err = run_main(tune.main, ["--searcher", "quicktune", "--model", "micro"], capsys)
+    assert code == 2
+    assert tune.TRAIN_PREDICTORS_HINT in err
+
+
+def test_compare_without_experiments_exits_2(capsys, tmp_path) -> None:
+    code, err = run_main(compare.main, ["--output-root", str(tmp_path), "--out",
+                                        str(tmp_path / "cmp")], capsys)
+    assert code == 2 and "no experiments found" in err
+
+
+def test_entry_point_runs_as_a_module() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "qtt_ray.tune", "--budget", "0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("python -m qtt_ray.tune: error:")

@@ -1,0 +1,81 @@
+"""A two-node local Ray cluster: a trial paused on one node is resumed on the other.
+
+Runs in a subprocess, because a test session holds one Ray runtime and this one needs its own
+(``ray.cluster_utils.Cluster``: a head and a worker node of one CPU each).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+SCRIPT = textwrap.dedent(
+    """
+    import functools, json, sys
+    sys.path.insert(0, sys.argv[2])
+    import ray
+    from ray import tune
+    from ray.cluster_utils import Cluster
+    from ray_fixtures import fit, synthetic_meta
+    from qtt_ray.bench.peers import Hyperband
+    from qtt_ray.searchers import SimulatedClock, make_search
+    from qtt_ray.tracking import TrialRecorder
+    from qtt_ray.trainables.replay_trainable import RUN_ID_KEY, ReplayCurves, ReplayTrainable
+
+    class Nodes(tune.Callback):
+        def __init__(self):
+            self.by_trial = {}
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.by_trial.setdefault(trial.trial_id, []).append(result["node_id"])
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    meta = synthetic_meta(9)
+    pool = meta.runs
+    setup = make_search(
+        "quicktune", space=meta.space, slots=2,
+        policy_factory=functools.partial(Hyperband, [r.config for r in pool], 10, 0),
+        clock=SimulatedClock(150.0, 2),  # about 24 epochs
+        trial_extras={i: {RUN_ID_KEY: r.run_id} for i, r in enumerate(pool)},
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
+                             time_scale=0.15), {"cpu": 1})
+    nodes, recorder = Nodes(), TrialRecorder()
+    grid, _ = fit(trainable, setup, sys.argv[1], "two-nodes", callbacks=[nodes, recorder])
+    curves_ok = all(
+        r.iou == [float(v) for v in pool[setup.controller.policy_trial_of(r.trial_id)]
+                  .scores[: r.epochs]]
+        for r in recorder.records())
+    print("RESULT " + json.dumps({
+        "errors": len(grid.errors), "nodes": sorted({n for v in nodes.by_trial.values()
+                                                     for n in v}),
+        "moved": [t for t, v in nodes.by_trial.items() if len(set(v)) > 1],
+        "curves_ok": curves_ok}))
+    ray.shutdown()
+    cluster.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_paused_trial_resumes_on_the_other_node(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path), str(REPO / "tests")],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["errors"] == 0
+    assert len(result["nodes"]) == 2
+    assert result["moved"], "no trial was resumed on a different node"
+    assert result["curves_ok"]

@@ -1,0 +1,57 @@
+"""``python -m qtt_ray.tune`` end to end with the real (micro) SAM2 trainable on CPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from qtt_ray import tune
+from qtt_ray.core import untrained_predictors
+from qtt_ray.data import META_FEATURE_NAMES
+from qtt_ray.results import REQUIRED_KEYS, read_results
+from qtt_ray.space import SAM2_SPACE
+
+
+def check_run(output: Path, budget: float, searcher: str) -> None:
+    results = read_results(output / "results.json")
+    assert set(REQUIRED_KEYS) <= set(results.to_json())
+    assert results.searcher == searcher and results.model == "micro"
+    assert results.trials and math.isfinite(results.best_iou)
+    assert math.isfinite(results.zero_shot_iou)
+    assert results.elapsed_s < budget + 30  # the budget holds (plus Tune's teardown)
+    assert results.train_s <= results.elapsed_s
+    assert (output / "adapter" / "adapter.safetensors").is_file()
+    assert (output / "best_iou.png").is_file()
+    client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("qtt-ray").experiment_id])
+    assert {r.info.status for r in runs} <= {"FINISHED", "KILLED", "FAILED"}
+    assert len(runs) == 1 + len(results.trials)
+
+
+@pytest.mark.slow
+def test_freeze_thaw_with_micro_sam2_on_demo(tmp_path) -> None:
+    predictors = untrained_predictors(SAM2_SPACE, list(META_FEATURE_NAMES)).save(
+        tmp_path / "predictors")
+    output = tmp_path / "run"
+    code = tune.main(["--model", "micro", "--budget", "25", "--searcher", "quicktune",
+                      "--predictors", str(predictors), "--num-images", "12", "--pool-size", "16",
+                      "--output", str(output), "--quiet"])
+    assert code == 0
+    check_run(output, 25, "quicktune")
+    results = read_results(output / "results.json")
+    assert all(t.resumes == t.epochs - 1 for t in results.trials)  # paused after every epoch
+
+
+@pytest.mark.slow
+def test_random_search_with_micro_sam2_on_a_real_dataset(shared_dir, tmp_path) -> None:
+    data = shared_dir / "data" / "kvasir_polyp"
+    if not data.is_dir():
+        pytest.skip("kvasir_polyp is absent from ../shared/data")
+    output = tmp_path / "run"
+    code = tune.main(["--data", str(data), "--model", "micro", "--budget", "20", "--searcher",
+                      "random", "--num-images", "12", "--output", str(output), "--quiet"])
+    assert code == 0
+    check_run(output, 20, "random")
