@@ -1,0 +1,302 @@
+"""The performance predictor: a deep-kernel Gaussian process over learning-curve samples.
+
+Network: MLP encoders for the configuration (full one-hot encoding), the dataset meta-features
+(narrow, with dropout: meta-datasets hold few distinct datasets), the padded curve prefix with
+its mask, plus the target fidelity t/max_epochs; concatenated and mapped to a 16-d embedding.
+GP head: exact GP on the embedding with a Matern-5/2 ScaleKernel plus a ConstantKernel, a
+Gaussian likelihood, trained with the exact marginal log-likelihood.
+
+Two choices differ from the textbook ConstantMean DKL, both for ranking before the first
+observation of a task:
+- the mean is ConstantMean + a linear map of the embedding, so the meta-learned network predicts
+  on its own when the GP has no point of the new task yet (a ConstantMean GP conditioned on
+  nothing predicts the same value for every configuration);
+- the ConstantKernel models an unknown per-dataset offset: meta-training batches come from one
+  dataset at a time, so the marginal likelihood integrates the dataset's level out and the
+  network learns the within-dataset ranking; online, one observation of the task shifts every
+  prediction of that task through this shared term.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import gpytorch
+import numpy as np
+import torch
+from torch import nn
+
+from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.threads import torch_threads
+from qtt_ray.space import Config
+
+DTYPE = torch.float64
+
+
+@dataclass
+class PerformanceArchitecture:
+    """Sizes of the network (stored in the artefact's JSON)."""
+
+    config_hidden: int = 32
+    meta_hidden: int = 8
+    curve_hidden: int = 16
+    joint_hidden: int = 32
+    embedding: int = 16
+    dropout: float = 0.2
+    config_dropout: float = 0.3  # each run has its own configuration: don't let it memorise
+
+
+class FeatureExtractor(nn.Module):
+    """Input row -> embedding; the row layout is ``FeatureSpec.assemble``'s."""
+
+    def __init__(self, spec: FeatureSpec, arch: PerformanceArchitecture) -> None:
+        super().__init__()
+        self.widths = (spec.config_width, spec.meta_width, 2 * spec.max_epochs, 1)
+        self.config_net = nn.Sequential(
+            nn.Linear(spec.config_width, arch.config_hidden),
+            nn.ReLU(),
+            nn.Linear(arch.config_hidden, arch.config_hidden),
+            nn.ReLU(),
+            nn.Dropout(arch.config_dropout),
+        )
+        self.meta_net = nn.Sequential(
+            nn.Linear(max(spec.meta_width, 1), arch.meta_hidden),
+            nn.ReLU(),
+            nn.Dropout(arch.dropout),
+        )
+        self.curve_net = nn.Sequential(nn.Linear(2 * spec.max_epochs, arch.curve_hidden), nn.ReLU())
+        joint_in = arch.config_hidden + arch.meta_hidden + arch.curve_hidden + 1
+        self.joint = nn.Sequential(
+            nn.Linear(joint_in, arch.joint_hidden),
+            nn.ReLU(),
+            nn.Linear(arch.joint_hidden, arch.embedding),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        config, meta, curve, fidelity = torch.split(x, self.widths, dim=-1)
+        if meta.shape[-1] == 0:  # a space without meta-features still gets a (constant) input
+            meta = torch.zeros(*meta.shape[:-1], 1, dtype=x.dtype)
+        parts = [self.config_net(config), self.meta_net(meta), self.curve_net(curve), fidelity]
+        return self.joint(torch.cat(parts, dim=-1))
+
+
+class EmbeddingMean(gpytorch.means.Mean):
+    """ConstantMean plus a linear map of the embedding (see the module docstring)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.constant = gpytorch.means.ConstantMean()
+        self.linear = nn.Linear(width, 1, bias=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.constant(z) + self.linear(z).squeeze(-1)
+
+
+class DeepKernelGP(gpytorch.models.ExactGP):
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        arch: PerformanceArchitecture,
+        likelihood: gpytorch.likelihoods.GaussianLikelihood,
+    ) -> None:
+        super().__init__(None, None, likelihood)
+        self.curve_start = spec.config_width + spec.meta_width
+        self.max_epochs = spec.max_epochs
+        self.extractor = FeatureExtractor(spec, arch)
+        self.mean_module = EmbeddingMean(arch.embedding)
+        self.covar_module = (
+            gpytorch.kernels.ScaleKernel(gpytorch.kernels.MaternKernel(nu=2.5))
+            + gpytorch.kernels.ConstantKernel()
+        )
+
+    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
+        z = self.extractor(x)
+        mean = self.mean_module(z) + self.last_score(x)
+        return gpytorch.distributions.MultivariateNormal(mean, self.covar_module(z))
+
+    def last_score(self, x: torch.Tensor) -> torch.Tensor:
+        """The last observed score of each curve prefix (0 without one): the mean predicts the
+        change from it, so an observed curve counts from the first epoch on."""
+        values = x[..., self.curve_start : self.curve_start + self.max_epochs]
+        mask = x[..., self.curve_start + self.max_epochs : self.curve_start + 2 * self.max_epochs]
+        length = mask.sum(dim=-1).long()
+        last = values.gather(-1, (length - 1).clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return torch.where(length > 0, last, torch.zeros_like(last))
+
+
+class PerformancePredictor:
+    """Mean and variance of the score of a configuration at a target epoch.
+
+    ``condition(x, y)`` sets the points of the current task the GP is conditioned on (none by
+    default: the meta-learned prior); ``predict`` then gives the posterior.
+    """
+
+    def __init__(
+        self, spec: FeatureSpec, arch: PerformanceArchitecture | None = None, seed: int = 0
+    ) -> None:
+        self.spec = spec
+        self.arch = arch or PerformanceArchitecture()
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            likelihood = gpytorch.likelihoods.GaussianLikelihood(
+                noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
+            )
+            self.model = DeepKernelGP(spec, self.arch, likelihood).to(DTYPE)
+        with torch.no_grad():  # an untrained prior predicts one constant for everything
+            self.model.mean_module.linear.weight.zero_()
+        self.initialise_hyperparameters()
+        self.mll = gpytorch.mlls.ExactMarginalLogLikelihood(self.model.likelihood, self.model)
+        self._context: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def initialise_hyperparameters(self, score_mean: float = 0.5) -> None:
+        """Scales of scores in 0..1 (gpytorch's defaults assume unit-variance targets).
+
+        Starting at noise 1e-3, outputscale and offset variance 0.02 and the mean at the
+        training scores' average, the GP head needs no thousand steps to find its scale.
+        """
+        model = self.model
+        model.likelihood.noise = 1e-3
+        model.covar_module.kernels[0].outputscale = 0.02
+        model.covar_module.kernels[0].base_kernel.lengthscale = 1.0
+        model.covar_module.kernels[1].constant = torch.tensor(0.02, dtype=DTYPE)
+        model.mean_module.constant.constant = score_mean
+
+    def parameter_groups(self, lr: float, head_lr: float) -> list[dict[str, Any]]:
+        """Network weights at ``lr``; the few GP hyperparameters at the faster ``head_lr``."""
+        head, network = [], []
+        for name, parameter in self.model.named_parameters():
+            (network if name.startswith("extractor.") or "linear" in name else head).append(
+                parameter
+            )
+        return [{"params": network, "lr": lr}, {"params": head, "lr": head_lr}]
+
+    # -- inputs ---------------------------------------------------------------------------
+    def inputs(
+        self,
+        configs: Sequence[Config],
+        meta_features: dict[str, float],
+        curves: Sequence[Sequence[float]],
+        epochs: Sequence[int],
+    ) -> np.ndarray:
+        return self.spec.inputs(configs, meta_features, curves, epochs)
+
+    # -- training -------------------------------------------------------------------------
+    def batch_loss(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor,
+        dropout: bool = True,
+        mean_weight: float = 1.0,
+    ) -> torch.Tensor:
+        """Loss of one batch of one dataset: -MLL per point + ``mean_weight`` x mean-fit term.
+
+        The mean-fit term is the within-batch-centred squared error of the prior mean, divided
+        by the batch's score variance (1 - R^2 of the within-dataset ranking). The MLL alone
+        lets the kernel explain a dataset through in-batch correlations, which a zero-shot
+        prediction (no point of the task yet) cannot use; this term makes the mean rank on its own.
+        """
+        xt, yt = _tensor(x), _tensor(y)
+        self.model.train()
+        if not dropout:  # validation: the likelihood needs train mode, the network does not
+            self.model.extractor.eval()
+        self.model.set_train_data(xt, yt, strict=False)
+        with gpytorch.settings.cholesky_jitter(1e-6):
+            prior = self.model(xt)
+            loss = -self.mll(prior, yt)
+        if mean_weight > 0 and yt.shape[0] > 1:
+            residual = prior.mean - yt
+            centred = residual - residual.mean()
+            loss = loss + mean_weight * centred.pow(2).mean() / yt.var().clamp_min(1e-4)
+        return loss
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters())
+
+    def adapt(
+        self, x: np.ndarray, y: np.ndarray, max_steps: int, max_seconds: float | None, seed: int
+    ) -> int:
+        """Fine-tune on the current task's points; returns the number of steps taken.
+
+        Bounded by ``max_steps`` and ``max_seconds`` (whichever comes first); seeded, so the
+        same points and the same step count give the same weights.
+        """
+        if max_steps <= 0 or len(y) < 2:
+            return 0
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        start = time.perf_counter()
+        steps = 0
+        with torch.random.fork_rng(), torch_threads(1):
+            torch.manual_seed(seed)
+            for steps in range(1, max_steps + 1):  # noqa: B007 - the count is the result
+                optimizer.zero_grad()
+                loss = self.batch_loss(x, y)
+                loss.backward()
+                optimizer.step()
+                if max_seconds is not None and time.perf_counter() - start > max_seconds:
+                    break
+        self._apply_context()
+        return steps
+
+    # -- prediction -----------------------------------------------------------------------
+    def condition(self, x: np.ndarray | None, y: np.ndarray | None) -> None:
+        """Condition the GP on the given points of the current task (None: no points)."""
+        if x is None or y is None or len(y) == 0:
+            self._context = None
+        else:
+            self._context = (_tensor(x), _tensor(y))
+        self._apply_context()
+
+    def _apply_context(self) -> None:
+        self.model.eval()
+        if self._context is None:
+            self.model.train_inputs = None
+            self.model.train_targets = None
+            self.model.prediction_strategy = None
+        else:
+            self.model.set_train_data(*self._context, strict=False)
+
+    def predict_inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.model.training:
+            self._apply_context()
+        with torch.no_grad(), torch_threads(1), gpytorch.settings.cholesky_jitter(1e-6):
+            posterior = self.model.likelihood(self.model(_tensor(x)))
+            mean = posterior.mean.numpy().copy()
+            var = posterior.variance.clamp_min(1e-10).numpy().copy()
+        return mean, var
+
+    def predict(
+        self,
+        configs: Sequence[Config],
+        meta_features: dict[str, float],
+        curves: Sequence[Sequence[float]],
+        epochs: Sequence[int],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of the score at ``epochs`` given each curve prefix (numpy)."""
+        return self.predict_inputs(self.inputs(configs, meta_features, curves, epochs))
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.model.load_state_dict({k: v.to(DTYPE) for k, v in state.items()})
+        self._apply_context()
+
+    def architecture_json(self) -> dict[str, Any]:
+        return asdict(self.arch)
+
+    def copy(self) -> PerformancePredictor:
+        """An independent copy (the policy adapts its own copy, never the shared artefact)."""
+        twin = PerformancePredictor(self.spec, copy.deepcopy(self.arch))
+        twin.load_state_dict(self.state_dict())
+        return twin
+
+
+def _tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(values, torch.Tensor):
+        return values.to(DTYPE)
+    return torch.as_tensor(np.ascontiguousarray(values), dtype=DTYPE)

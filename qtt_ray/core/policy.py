@@ -1,0 +1,315 @@
+"""The Quick-Tune freeze-thaw policy: which (configuration, next epoch) to train next.
+
+State: a fixed pool of configurations (trial id = index in the pool), the observed scores and
+costs of each trial, the set of trials handed out and not yet told ("running"), and why a trial
+stopped. Decisions: cost-aware EI at each candidate's next epoch (see ``acquisition``) with the
+deep-kernel GP conditioned on this task's observations.
+
+Online adaptation: after new observations the network is fine-tuned on this task's points,
+ALWAYS restarting from the meta-trained weights (bounded by ``adapt_steps`` and
+``adapt_time_s``). Each adaptation is therefore a function of (meta weights, observations,
+seed, step count) alone: ``state_dict`` records the observations in tell order and how many
+steps the last adaptation took, and ``load_state_dict`` replays exactly that adaptation (no
+weights in the state, and the same next decision). All randomness derives from (seed, number of
+observations), so there is no generator state to save.
+
+A trial stops at ``max_epochs``, at ``score_threshold``, when its best score has not improved
+by more than ``tolerance`` for ``patience`` epochs, or on a diverged (NaN) epoch, which counts
+as ``BAD_SCORE``. ``ask`` returns None only when no trial can be trained any more (all stopped,
+at max fidelity, or running) -- never because each configuration was tried once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from qtt_ray.core.acquisition import (
+    best_up_to_fidelity,
+    cost_normalised,
+    expected_improvement,
+    select,
+)
+from qtt_ray.core.cost import CostCorrection
+from qtt_ray.core.errors import PolicyError, PredictorError
+from qtt_ray.core.features import sanitize_scores
+from qtt_ray.core.predictors import Predictors
+from qtt_ray.core.protocol import Decision, Incumbent
+from qtt_ray.core.samples import DatasetArrays, pair_inputs, task_pairs
+from qtt_ray.space import Config, SearchSpace, SpaceError, config_key
+
+STATE_FORMAT = "qtt-ray/quicktune-policy/1"
+
+
+class QuickTunePolicy:
+    """Implements ``qtt_ray.core.protocol.Optimizer``."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        pool: Sequence[Config],
+        meta_features: dict[str, float],
+        predictors: Predictors,
+        max_epochs: int = 10,
+        seed: int = 0,
+        cost_aware: bool = True,
+        cost_exponent: float = 1.0,
+        patience: int = 5,
+        tolerance: float = 1e-3,
+        score_threshold: float | None = None,
+        adapt: bool = True,
+        adapt_steps: int = 50,
+        adapt_time_s: float = 0.25,
+        adapt_every: int = 1,
+        context_cap: int = 256,
+    ) -> None:
+        predictors.check_compatible(space, list(meta_features), "QuickTunePolicy")
+        spec = predictors.spec
+        if not 1 <= max_epochs <= spec.max_epochs:
+            raise PredictorError(
+                f"QuickTunePolicy: max_epochs={max_epochs} but the predictors know 1.."
+                f"{spec.max_epochs}; lower max_epochs or retrain the predictors"
+            )
+        if not pool:
+            raise PolicyError("QuickTunePolicy: the pool is empty; pass at least one configuration")
+        try:
+            self.pool = [space.validate(c) for c in pool]
+        except SpaceError as err:
+            raise PolicyError(f"QuickTunePolicy pool: {err}") from err
+        self.space = space
+        self.meta_features = dict(meta_features)
+        self.max_epochs = max_epochs
+        self.seed = seed
+        self.cost_aware = cost_aware
+        self.cost_exponent = cost_exponent
+        self.patience = patience
+        self.tolerance = tolerance
+        self.score_threshold = score_threshold
+        self.adapt = adapt
+        self.adapt_steps = adapt_steps
+        self.adapt_time_s = adapt_time_s
+        self.adapt_every = max(1, adapt_every)
+        self.context_cap = context_cap
+
+        self._spec = spec
+        self._performance = predictors.performance.copy()
+        self._meta_weights = self._performance.state_dict()
+        self._cost = predictors.cost
+        self._pool_x = spec.encode_configs(self.pool)
+        self._meta_row = spec.encode_meta(self.meta_features)
+        self._meta_cost = self._cost.predict_seconds(
+            self.pool * max_epochs,
+            self.meta_features,
+            [e for e in range(1, max_epochs + 1) for _ in self.pool],
+        ).reshape(max_epochs, len(self.pool))  # [epoch - 1, trial]: the meta model's seconds
+        self._reset_observations()
+
+    # -- bookkeeping ----------------------------------------------------------------------
+    def _reset_observations(self) -> None:
+        n = len(self.pool)
+        self._scores: list[list[float]] = [[] for _ in range(n)]
+        self._costs: list[list[float]] = [[] for _ in range(n)]
+        self._stopped: list[str | None] = [None] * n
+        self._running: dict[int, int] = {}
+        self._log: list[tuple[int, int]] = []
+        self._correction = CostCorrection()
+        self._adapted_at = 0
+        self._adapt_steps_done = 0
+        self._conditioned_at = -1
+        self._performance.load_state_dict(self._meta_weights)
+
+    @property
+    def n_observations(self) -> int:
+        return len(self._log)
+
+    def trial_scores(self, trial_id: int) -> list[float]:
+        return list(self._scores[self._check_trial(trial_id)])
+
+    def stop_reason(self, trial_id: int) -> str | None:
+        return self._stopped[self._check_trial(trial_id)]
+
+    def running(self) -> dict[int, int]:
+        return dict(self._running)
+
+    def _check_trial(self, trial_id: int) -> int:
+        if not isinstance(trial_id, (int, np.integer)) or not 0 <= trial_id < len(self.pool):
+            raise PolicyError(f"unknown trial id {trial_id!r}; ids are 0..{len(self.pool) - 1}")
+        return int(trial_id)
+
+    def _candidates(self) -> list[int]:
+        return [
+            i
+            for i in range(len(self.pool))
+            if self._stopped[i] is None
+            and i not in self._running
+            and len(self._scores[i]) < self.max_epochs
+        ]
+
+    # -- the protocol ---------------------------------------------------------------------
+    def ask(self, remaining_s: float | None = None) -> Decision | None:
+        candidates = self._candidates()
+        if not candidates:
+            return None
+        self._refresh_model()
+        idx = np.array(candidates)
+        curves = [self._scores[i] for i in candidates]
+        epochs = np.array([len(c) + 1 for c in curves])
+        values, mask = self._spec.encode_curves(curves)
+        x = self._spec.assemble(
+            self._pool_x[idx], self._meta_row, values, mask, self._spec.fidelity(epochs)
+        )
+        mean, var = self._performance.predict_inputs(x)
+        best = best_up_to_fidelity(self._scores, self.max_epochs)[epochs - 1]
+        acquisition = expected_improvement(mean, np.sqrt(var), best)
+        cost = self._next_epoch_seconds(idx, epochs)
+        if self.cost_aware:
+            acquisition = cost_normalised(acquisition, cost, self.cost_exponent)
+        chosen = int(idx[select(acquisition, mean - best, cost, remaining_s)])
+        epoch = len(self._scores[chosen]) + 1
+        self._running[chosen] = epoch
+        return Decision(chosen, dict(self.pool[chosen]), epoch, epoch == 1)
+
+    def tell(self, trial_id: int, epoch: int, score: float, cost_s: float) -> None:
+        trial = self._check_trial(trial_id)
+        expected = len(self._scores[trial]) + 1
+        if epoch != expected:
+            raise PolicyError(
+                f"tell(trial {trial}, epoch {epoch}): expected epoch {expected}; report each "
+                "epoch once and in order"
+            )
+        if self._stopped[trial] is not None:
+            raise PolicyError(f"tell(trial {trial}): the trial stopped ({self._stopped[trial]})")
+        self._running.pop(trial, None)
+        self._record(trial, float(score), float(cost_s))
+
+    def release(self, trial_id: int) -> None:
+        self._running.pop(self._check_trial(trial_id), None)
+
+    def incumbent(self) -> Incumbent | None:
+        best: tuple[float, int, int] | None = None
+        for trial, epoch in self._log:
+            score = self._scores[trial][epoch - 1]
+            if np.isfinite(score) and (best is None or score > best[0]):
+                best = (score, trial, epoch)
+        if best is None:
+            return None
+        score, trial, epoch = best
+        return Incumbent(trial, dict(self.pool[trial]), epoch, float(score))
+
+    # -- observations, stopping and costs ---------------------------------------------------
+    def _record(self, trial: int, score: float, cost_s: float) -> None:
+        self._scores[trial].append(score)
+        self._costs[trial].append(cost_s)
+        epoch = len(self._scores[trial])
+        self._log.append((trial, epoch))
+        if np.isfinite(cost_s) and cost_s > 0:
+            self._correction.add(float(self._meta_cost[epoch - 1, trial]), cost_s)
+        self._stopped[trial] = self._stop_reason(trial)
+
+    def _stop_reason(self, trial: int) -> str | None:
+        scores = self._scores[trial]
+        if not np.isfinite(scores[-1]):
+            return "diverged"
+        if len(scores) >= self.max_epochs:
+            return "max_fidelity"
+        if self.score_threshold is not None and scores[-1] >= self.score_threshold:
+            return "threshold"
+        best, improved_at = -np.inf, 0
+        for epoch, score in enumerate(sanitize_scores(scores), start=1):
+            if score > best + self.tolerance:
+                best, improved_at = score, epoch
+        if len(scores) - improved_at >= self.patience:
+            return "patience"
+        return None
+
+    def _next_epoch_seconds(self, trials: np.ndarray, epochs: np.ndarray) -> np.ndarray:
+        """A trial's own observed epochs when it has some, else meta model x task correction."""
+        factor = float(np.exp(self._correction.log_offset))
+        seconds = self._meta_cost[np.minimum(epochs, self.max_epochs) - 1, trials] * factor
+        for k, trial in enumerate(trials.tolist()):
+            own = [c for c in self._costs[trial] if np.isfinite(c) and c > 0]
+            if own:
+                seconds[k] = float(np.exp(np.mean(np.log(own))))
+        return seconds
+
+    # -- the model on this task -----------------------------------------------------------
+    def _task_context(self, n_observations: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """GP points from the first ``n_observations`` observations (tell order)."""
+        lengths = np.zeros(len(self.pool), dtype=np.int64)
+        for trial, _ in self._log[:n_observations]:
+            lengths[trial] += 1
+        if lengths.sum() == 0:
+            return None
+        scores = np.zeros((len(self.pool), self._spec.max_epochs))
+        for trial, length in enumerate(lengths.tolist()):
+            scores[trial, :length] = sanitize_scores(self._scores[trial][:length])
+        data = DatasetArrays(
+            "task", self._pool_x, self._meta_row, scores, np.zeros_like(scores), lengths
+        )
+        rng = np.random.default_rng([self.seed, n_observations])
+        return pair_inputs(self._spec, data, *task_pairs(lengths, self.context_cap, rng))
+
+    def _adapt_on(self, n_observations: int, max_steps: int, max_seconds: float | None) -> int:
+        self._performance.load_state_dict(self._meta_weights)
+        context = self._task_context(n_observations)
+        if context is None:
+            return 0
+        return self._performance.adapt(
+            *context, max_steps=max_steps, max_seconds=max_seconds, seed=self.seed + n_observations
+        )
+
+    def _refresh_model(self) -> None:
+        n = self.n_observations
+        if self._conditioned_at == n:
+            return
+        if self.adapt and n >= 2 and n - self._adapted_at >= self.adapt_every:
+            self._adapt_steps_done = self._adapt_on(n, self.adapt_steps, self.adapt_time_s)
+            self._adapted_at = n
+        context = self._task_context(n)
+        self._performance.condition(*(context if context is not None else (None, None)))
+        self._conditioned_at = n
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        def plain(values: list[float]) -> list[float | None]:
+            return [v if np.isfinite(v) else None for v in values]
+
+        return {
+            "format": STATE_FORMAT,
+            "seed": self.seed,
+            "max_epochs": self.max_epochs,
+            "pool": [dict(c) for c in self.pool],
+            "log": [[trial, epoch] for trial, epoch in self._log],
+            "scores": [plain(s) for s in self._scores],
+            "costs": [plain(c) for c in self._costs],
+            "running": [[trial, epoch] for trial, epoch in sorted(self._running.items())],
+            "adapted_at": self._adapted_at,
+            "adapt_steps_done": self._adapt_steps_done,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            raise PolicyError(
+                f"policy state has format {state.get('format')!r}, expected {STATE_FORMAT!r}; "
+                "start a fresh search"
+            )
+        keys = [config_key(self.space.validate(c)) for c in state["pool"]]
+        if keys != [config_key(c) for c in self.pool] or state["max_epochs"] != self.max_epochs:
+            raise PolicyError(
+                "policy state belongs to another pool or max_epochs; restore it into a policy "
+                "built with the same pool"
+            )
+        self.seed = int(state["seed"])
+        self._reset_observations()
+        scores = [[np.nan if v is None else float(v) for v in s] for s in state["scores"]]
+        costs = [[np.nan if v is None else float(v) for v in c] for c in state["costs"]]
+        for trial, epoch in state["log"]:
+            self._record(int(trial), scores[trial][epoch - 1], costs[trial][epoch - 1])
+        self._running = {int(t): int(e) for t, e in state["running"]}
+        self._adapted_at = int(state["adapted_at"])
+        self._adapt_steps_done = int(state["adapt_steps_done"])
+        if self._adapted_at > 0 and self._adapt_steps_done > 0:
+            self._adapt_on(self._adapted_at, self._adapt_steps_done, None)
+        self._conditioned_at = -1

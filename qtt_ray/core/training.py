@@ -1,0 +1,282 @@
+"""Meta-training of both predictors on a MetaDataset (seeded, time-bounded, early-stopped).
+
+Validation is split BY DATASET (the reference split by sample, which leaks a dataset's curves
+into its own validation set). Performance batches come from one training dataset at a time
+(the GP's marginal likelihood is about points of one task); cost batches mix datasets (a plain
+regression). Both stop early on the validation loss and keep the best weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from qtt_ray.core.cost import CostPredictor
+from qtt_ray.core.errors import PredictorError
+from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.performance import PerformancePredictor
+from qtt_ray.core.predictors import Predictors
+from qtt_ray.core.samples import DatasetArrays, dataset_arrays, draw_pairs, pair_inputs
+from qtt_ray.core.threads import torch_threads
+from qtt_ray.meta.dataset import MetaDataset
+
+
+@dataclass
+class TrainingSettings:
+    """Knobs of meta-training (defaults keep the 490 SAM2 runs well under a minute on 2 cores)."""
+
+    batch_size: int = 128
+    lr: float = 1e-3
+    head_lr: float = 1e-2  # GP hyperparameters (noise, scales, mean constant)
+    mean_weight: float = 1.0  # weight of the zero-shot mean-fit term (PerformancePredictor)
+    weight_decay: float = 1e-4
+    max_steps: int = 2500
+    eval_every: int = 100
+    patience: int = 5  # evaluations without improvement
+    min_steps: int = 500  # early stopping only after this (the first evaluations are noise)
+    val_batches: int = 4  # fixed batches per validation dataset
+    cost_batch_size: int = 256
+    cost_max_steps: int = 1500
+    cost_max_rows: int = 50_000  # subsample of (run, epoch) cost rows (long curves)
+    cost_share_of_time: float = 0.2
+
+
+def choose_validation(datasets: list[str], seed: int) -> list[str]:
+    """About 15 % of the datasets (at least one, none if there is only one), seeded."""
+    if len(datasets) < 2:
+        return []
+    count = max(1, round(0.15 * len(datasets)))
+    rng = np.random.default_rng(seed + 7919)
+    return sorted(rng.choice(datasets, size=count, replace=False).tolist())
+
+
+def train_predictors(
+    meta: MetaDataset,
+    seed: int = 0,
+    val_datasets: list[str] | None = None,
+    max_seconds: float | None = None,
+    verbose: bool = False,
+    settings: TrainingSettings | None = None,
+) -> Predictors:
+    """Meta-train the performance and cost predictors on ``meta``; deterministic per seed.
+
+    ``max_seconds`` bounds the whole training (early stopping usually ends it sooner).
+    """
+    with torch_threads(1):
+        return _train_predictors(meta, seed, val_datasets, max_seconds, verbose, settings)
+
+
+def _train_predictors(
+    meta: MetaDataset,
+    seed: int,
+    val_datasets: list[str] | None,
+    max_seconds: float | None,
+    verbose: bool,
+    settings: TrainingSettings | None,
+) -> Predictors:
+    settings = settings or TrainingSettings()
+    datasets = [d for d in meta.datasets if meta.runs_of(d)]
+    if not datasets:
+        raise PredictorError("the meta-dataset has no runs; import learning curves first")
+    missing = [d for d in datasets if d not in meta.meta_features]
+    if missing:
+        raise PredictorError(f"datasets {missing} have no meta-features; add them to the meta-data")
+    val = (
+        sorted(set(val_datasets)) if val_datasets is not None else choose_validation(datasets, seed)
+    )
+    unknown = [d for d in val if d not in datasets]
+    if unknown:
+        raise PredictorError(f"val_datasets {unknown} are not in the meta-dataset {datasets}")
+    train = [d for d in datasets if d not in val]
+    if not train:
+        raise PredictorError("val_datasets leave no dataset to train on; name fewer of them")
+    start = time.perf_counter()
+    spec = FeatureSpec.fit(
+        meta.space,
+        {d: meta.meta_features[d] for d in train},
+        meta.meta_feature_names,
+        meta.max_epochs,
+    )
+    arrays = {d: dataset_arrays(spec, meta, d) for d in datasets}
+    perf_budget = None if max_seconds is None else max_seconds * (1 - settings.cost_share_of_time)
+    performance, perf_log = _train_performance(
+        spec,
+        [arrays[d] for d in train],
+        [arrays[d] for d in val],
+        seed,
+        settings,
+        perf_budget,
+        verbose,
+    )
+    cost_budget = (
+        None if max_seconds is None else max(0.0, max_seconds - (time.perf_counter() - start))
+    )
+    cost, cost_log = _train_cost(
+        spec,
+        [arrays[d] for d in train],
+        [arrays[d] for d in val],
+        seed,
+        settings,
+        cost_budget,
+        verbose,
+    )
+    summary = {
+        "trained": True,
+        "seed": seed,
+        "train_datasets": train,
+        "val_datasets": val,
+        "n_runs": sum(arrays[d].n_runs for d in train),
+        "seconds": round(time.perf_counter() - start, 2),
+        "performance": perf_log,
+        "cost": cost_log,
+    }
+    return Predictors(performance, cost, summary)
+
+
+def _train_performance(
+    spec: FeatureSpec,
+    train: list[DatasetArrays],
+    val: list[DatasetArrays],
+    seed: int,
+    settings: TrainingSettings,
+    max_seconds: float | None,
+    verbose: bool,
+) -> tuple[PerformancePredictor, dict[str, float]]:
+    predictor = PerformancePredictor(spec, seed=seed)
+    rng = np.random.default_rng(seed)
+    val_rng = np.random.default_rng(seed + 1)
+    val_sets = [
+        pair_inputs(spec, data, *draw_pairs(data.lengths, settings.batch_size, val_rng))
+        for data in val
+        for _ in range(settings.val_batches)
+    ]
+    predictor.initialise_hyperparameters(
+        float(np.mean([d.scores[d.scores > 0].mean() for d in train]))
+    )
+    optimizer = torch.optim.AdamW(
+        predictor.parameter_groups(settings.lr, settings.head_lr),
+        weight_decay=settings.weight_decay,
+    )
+    weights = np.array([d.n_runs for d in train], dtype=np.float64)
+    weights /= weights.sum()
+    best = (math.inf, predictor.state_dict(), 0)
+    bad_evals, step, start = 0, 0, time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for step in range(1, settings.max_steps + 1):
+            data = train[int(rng.choice(len(train), p=weights))]
+            x, y = pair_inputs(spec, data, *draw_pairs(data.lengths, settings.batch_size, rng))
+            optimizer.zero_grad()
+            loss = predictor.batch_loss(x, y, mean_weight=settings.mean_weight)
+            loss.backward()
+            optimizer.step()
+            out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
+            if step % settings.eval_every and not out_of_time:
+                continue
+            if not val_sets:
+                best = (loss.item(), predictor.state_dict(), step)
+            else:
+                with torch.no_grad():
+                    score = float(
+                        np.mean(
+                            [
+                                float(predictor.batch_loss(vx, vy, False, settings.mean_weight))
+                                for vx, vy in val_sets
+                            ]
+                        )
+                    )
+                if verbose:
+                    print(f"perf step {step}: train {loss.item():.3f} val {score:.3f}")
+                if score < best[0] or step < settings.min_steps:
+                    best, bad_evals = (score, predictor.state_dict(), step), 0
+                else:
+                    bad_evals += 1
+            if out_of_time or bad_evals >= settings.patience:
+                break
+    predictor.load_state_dict(best[1])
+    predictor.condition(None, None)
+    return predictor, {"steps": step, "best_step": best[2], "val_loss": round(best[0], 4)}
+
+
+def _cost_rows(
+    spec: FeatureSpec, sets: list[DatasetArrays], limit: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for data in sets:
+        runs, epochs = np.nonzero(np.isfinite(data.costs) & (np.nan_to_num(data.costs) > 0))
+        x = np.concatenate(
+            [
+                data.configs[runs],
+                np.broadcast_to(data.meta, (runs.shape[0], spec.meta_width)),
+                ((epochs + 1) / spec.max_epochs).reshape(-1, 1),
+            ],
+            axis=1,
+        )
+        xs.append(x)
+        ys.append(np.log(data.costs[runs, epochs]))
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    if x.shape[0] > limit:
+        keep = np.sort(rng.choice(x.shape[0], size=limit, replace=False))
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def _train_cost(
+    spec: FeatureSpec,
+    train: list[DatasetArrays],
+    val: list[DatasetArrays],
+    seed: int,
+    settings: TrainingSettings,
+    max_seconds: float | None,
+    verbose: bool,
+) -> tuple[CostPredictor, dict[str, float]]:
+    rng = np.random.default_rng(seed + 2)
+    x, y = _cost_rows(spec, train, settings.cost_max_rows, rng)
+    if x.shape[0] == 0:
+        return CostPredictor(spec, seed=seed), {"steps": 0, "note": "no cost rows"}
+    log_mean, log_std = float(y.mean()), float(max(y.std(), 0.05))
+    predictor = CostPredictor(spec, log_mean, log_std, seed=seed)
+    with torch.no_grad():
+        last = predictor.network.net[-1]
+        torch.nn.init.normal_(last.weight, std=0.01, generator=torch.Generator().manual_seed(seed))
+    target = torch.as_tensor((y - log_mean) / log_std)
+    inputs = torch.as_tensor(x)
+    if val:
+        vx, vy = _cost_rows(spec, val, settings.cost_max_rows, rng)
+        val_x, val_y = torch.as_tensor(vx), torch.as_tensor((vy - log_mean) / log_std)
+    optimizer = torch.optim.AdamW(predictor.network.parameters(), lr=3e-3, weight_decay=1e-4)
+    best = (math.inf, predictor.state_dict(), 0)
+    bad_evals, step, start = 0, 0, time.perf_counter()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for step in range(1, settings.cost_max_steps + 1):
+            predictor.network.train()
+            idx = torch.as_tensor(rng.integers(0, inputs.shape[0], size=settings.cost_batch_size))
+            loss = torch.mean((predictor.standardised(inputs[idx]) - target[idx]) ** 2)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
+            if step % settings.eval_every and not out_of_time:
+                continue
+            predictor.network.eval()
+            with torch.no_grad():
+                score = (
+                    float(torch.mean((predictor.standardised(val_x) - val_y) ** 2))
+                    if val
+                    else loss.item()
+                )
+            if verbose:
+                print(f"cost step {step}: train {loss.item():.4f} val {score:.4f}")
+            if score < best[0]:
+                best, bad_evals = (score, predictor.state_dict(), step), 0
+            else:
+                bad_evals += 1
+            if out_of_time or bad_evals >= settings.patience:
+                break
+    predictor.load_state_dict(best[1])
+    return predictor, {"steps": step, "best_step": best[2], "val_mse": round(best[0], 5)}

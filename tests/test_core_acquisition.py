@@ -1,0 +1,66 @@
+"""Expected improvement, y*(b), cost normalisation and budget-aware selection, by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qtt_ray.core.acquisition import (
+    best_up_to_fidelity,
+    cost_normalised,
+    expected_improvement,
+    select,
+)
+
+PHI_1 = 0.8413447460685429  # standard normal cdf(1)
+PDF_1 = 0.24197072451914337  # standard normal pdf(1)
+PDF_0 = 0.3989422804014327
+
+
+def test_expected_improvement_matches_hand_computation() -> None:
+    ei = expected_improvement(np.array([0.6, 0.5, 0.3, 0.7]), np.array([0.1, 0.2, 0.0, 0.0]), 0.5)
+    assert ei[0] == pytest.approx(0.1 * PHI_1 + 0.1 * PDF_1)  # z = 1
+    assert ei[1] == pytest.approx(0.2 * PDF_0)  # z = 0
+    assert ei[2] == 0.0  # certain and worse
+    assert ei[3] == pytest.approx(0.2)  # certain improvement
+    with_xi = expected_improvement(np.array([0.6]), np.array([0.1]), 0.5, xi=0.1)
+    assert with_xi[0] == pytest.approx(0.1 * PDF_0)
+
+
+def test_expected_improvement_takes_a_best_per_candidate() -> None:
+    ei = expected_improvement(np.array([0.6, 0.6]), np.array([0.1, 0.1]), np.array([0.5, 0.7]))
+    assert ei[0] == pytest.approx(0.1 * PHI_1 + 0.1 * PDF_1)
+    assert ei[1] == pytest.approx(-0.1 * (1 - PHI_1) + 0.1 * PDF_1)  # z = -1
+    assert np.all(ei >= 0)
+
+
+def test_best_up_to_fidelity_is_a_cumulative_max_over_fidelities() -> None:
+    curves = [[0.2, 0.5], [0.4], [float("nan"), 0.3, 0.35], []]
+    assert best_up_to_fidelity(curves, 4).tolist() == [0.4, 0.5, 0.5, 0.5]
+    assert best_up_to_fidelity([[0.1, 0.9], [0.6]], 3).tolist() == [0.6, 0.9, 0.9]
+    assert best_up_to_fidelity([], 2).tolist() == [0.0, 0.0]  # nothing seen: BAD_SCORE
+    assert best_up_to_fidelity([[float("nan")]], 2).tolist() == [0.0, 0.0]
+
+
+def test_cost_normalisation_divides_by_cost_over_median_cost() -> None:
+    acquisition = np.ones(3)
+    assert cost_normalised(acquisition, np.array([1.0, 2.0, 4.0]), 1.0).tolist() == [2, 1, 0.5]
+    assert cost_normalised(acquisition, np.array([10.0, 20.0, 40.0]), 1.0).tolist() == [2, 1, 0.5]
+    assert cost_normalised(acquisition, np.array([1.0, 2.0, 4.0]), 0.0).tolist() == [1, 1, 1]
+    halved = cost_normalised(acquisition, np.array([1.0, 4.0, 4.0]), 0.5)
+    assert halved.tolist() == [2.0, 1.0, 1.0]
+
+
+def test_select_respects_the_remaining_budget() -> None:
+    acquisition = np.array([1.0, 2.0, 3.0])
+    improvement = np.zeros(3)
+    cost = np.array([1.0, 1.0, 10.0])
+    assert select(acquisition, improvement, cost, None) == 2
+    assert select(acquisition, improvement, cost, 5.0) == 1  # the best one does not fit
+    assert select(acquisition, improvement, np.array([3.0, 2.0, 10.0]), 0.5) == 1  # cheapest
+
+
+def test_select_falls_back_to_predicted_improvement_when_ei_vanishes() -> None:
+    acquisition = np.zeros(3)
+    improvement = np.array([-0.3, -0.1, -0.2])
+    assert select(acquisition, improvement, np.ones(3), None) == 1

@@ -1,0 +1,189 @@
+"""The freeze-thaw policy's ask/tell bookkeeping, stopping rules, workers and state restore."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from qtt_ray.core import PolicyError, PredictorError, QuickTunePolicy, untrained_predictors
+from qtt_ray.core.protocol import Optimizer
+from qtt_ray.space import Categorical, Float, SearchSpace
+
+SPACE = SearchSpace(
+    (Float("lr", 1e-4, 1e-1, log=True), Categorical("optimizer", ("adam", "sgd"))), name="toy"
+)
+META = {"num_samples": 100.0}
+PREDICTORS = untrained_predictors(SPACE, ["num_samples"], max_epochs=10)
+
+
+def policy(n: int = 4, **kwargs: object) -> QuickTunePolicy:
+    settings = {"adapt": False, **kwargs}
+    return QuickTunePolicy(SPACE, SPACE.sample_many(n, 0), META, PREDICTORS, **settings)
+
+
+def curve_score(config: dict, epoch: int) -> float:
+    quality = math.exp(-((math.log10(config["lr"]) + 2.0) ** 2))
+    return 0.3 + 0.6 * quality * (1 - math.exp(-epoch / 3))
+
+
+def test_policy_implements_the_optimizer_protocol() -> None:
+    assert isinstance(policy(), Optimizer)
+
+
+def test_new_trials_start_at_epoch_one_and_resume_one_epoch_at_a_time() -> None:
+    p = policy(n=2, max_epochs=3)
+    seen: dict[int, int] = {}
+    while (decision := p.ask()) is not None:
+        assert decision.epoch == seen.get(decision.trial_id, 0) + 1
+        assert decision.is_new == (decision.epoch == 1)
+        assert decision.config == p.pool[decision.trial_id]
+        seen[decision.trial_id] = decision.epoch
+        p.tell(decision.trial_id, decision.epoch, curve_score(decision.config, decision.epoch), 1.0)
+    assert seen == {0: 3, 1: 3}  # both trained to max fidelity, then nothing is left
+    assert p.stop_reason(0) == p.stop_reason(1) == "max_fidelity"
+    best = p.incumbent()
+    assert best is not None and best.epoch == 3
+    assert best.score == max(curve_score(c, 3) for c in p.pool)
+
+
+def test_trying_every_configuration_once_does_not_finish_the_search() -> None:
+    p = policy(n=3)
+    for _ in range(3 + 1):  # one more decision than there are configurations
+        decision = p.ask()
+        assert decision is not None
+        p.tell(decision.trial_id, decision.epoch, 0.5 + 0.01 * decision.epoch, 1.0)
+    assert p.n_observations == 4
+
+
+def test_patience_stops_a_trial_that_no_longer_improves() -> None:
+    p = policy(n=1, patience=2, tolerance=1e-3)
+    for epoch, score in enumerate([0.5, 0.5005, 0.4], start=1):
+        decision = p.ask()
+        assert decision is not None and decision.epoch == epoch
+        p.tell(0, epoch, score, 1.0)
+    assert p.stop_reason(0) == "patience"
+    assert p.ask() is None
+
+
+def test_score_threshold_stops_a_trial() -> None:
+    p = policy(n=2, score_threshold=0.8)
+    decision = p.ask()
+    assert decision is not None
+    p.tell(decision.trial_id, 1, 0.85, 1.0)
+    assert p.stop_reason(decision.trial_id) == "threshold"
+    again = p.ask()
+    assert again is not None and again.trial_id != decision.trial_id
+
+
+def test_a_diverged_epoch_stops_the_trial_and_counts_as_bad() -> None:
+    p = policy(n=2)
+    first = p.ask()
+    assert first is not None
+    p.tell(first.trial_id, 1, float("nan"), 1.0)
+    assert p.stop_reason(first.trial_id) == "diverged"
+    assert p.incumbent() is None  # NaN is never the incumbent
+    second = p.ask()
+    assert second is not None and second.trial_id != first.trial_id
+    p.tell(second.trial_id, 1, 0.2, 1.0)
+    assert p.incumbent().score == 0.2  # type: ignore[union-attr]
+    state = json.loads(json.dumps(p.state_dict()))  # NaN survives as null in strict JSON
+    assert state["scores"][first.trial_id] == [None]
+
+
+def test_several_workers_never_get_the_same_trial_and_release_returns_it() -> None:
+    p = policy(n=5)
+    decisions = [p.ask() for _ in range(5)]
+    assert sorted(d.trial_id for d in decisions if d) == [0, 1, 2, 3, 4]
+    assert p.ask() is None  # everything is running
+    p.release(decisions[2].trial_id)  # type: ignore[union-attr]
+    again = p.ask()
+    assert again is not None and again.trial_id == decisions[2].trial_id and again.epoch == 1
+    d0 = decisions[0]
+    assert d0 is not None
+    p.tell(d0.trial_id, 1, 0.4, 1.0)
+    resumed = p.ask()
+    assert resumed is not None and (resumed.trial_id, resumed.epoch) == (d0.trial_id, 2)
+
+
+def test_protocol_violations_raise_one_line_policy_errors() -> None:
+    p = policy(n=2)
+    with pytest.raises(PolicyError, match="expected epoch 1"):
+        p.tell(0, 2, 0.5, 1.0)
+    with pytest.raises(PolicyError, match="unknown trial id 7"):
+        p.tell(7, 1, 0.5, 1.0)
+    with pytest.raises(PolicyError, match="pool is empty"):
+        QuickTunePolicy(SPACE, [], META, PREDICTORS)
+    with pytest.raises(PredictorError, match="meta-features"):
+        QuickTunePolicy(SPACE, SPACE.sample_many(2, 0), {"height": 1.0}, PREDICTORS)
+
+
+def test_remaining_budget_prefers_what_fits_and_else_the_cheapest() -> None:
+    p = policy(n=3, cost_aware=False)
+    first = p.ask()
+    assert first is not None
+    p.tell(first.trial_id, 1, 0.1, 2.0)  # this trial's epochs take 2 s
+    # every other trial is predicted at the untrained prior (60 s x the task correction)
+    chosen = p.ask(remaining_s=3.0)
+    assert chosen is not None and chosen.trial_id == first.trial_id
+    p.release(chosen.trial_id)
+    cheapest = p.ask(remaining_s=0.5)  # nothing fits: the cheapest one
+    assert cheapest is not None and cheapest.trial_id == first.trial_id
+
+
+def test_the_cost_correction_learns_the_machine_speed() -> None:
+    p = policy(n=4)
+    decision = p.ask()
+    assert decision is not None
+    p.tell(decision.trial_id, 1, 0.3, 6.0)  # the prior says 60 s: this machine is 10x faster
+    others = np.array([i for i in range(4) if i != decision.trial_id])
+    predicted = p._next_epoch_seconds(others, np.ones(3, dtype=np.int64))
+    assert np.all(predicted < 20.0) and np.all(predicted > 6.0)
+
+
+def run_steps(p: QuickTunePolicy, steps: int) -> None:
+    for _ in range(steps):
+        decision = p.ask()
+        assert decision is not None
+        score = curve_score(decision.config, decision.epoch)
+        p.tell(decision.trial_id, decision.epoch, score, 1.0 + 0.1 * decision.trial_id)
+
+
+def test_state_round_trip_gives_the_same_next_decisions() -> None:
+    pool = SPACE.sample_many(8, 3)
+    settings = {"adapt": True, "adapt_steps": 5, "adapt_time_s": 60.0, "seed": 4}
+    original = QuickTunePolicy(SPACE, pool, META, PREDICTORS, **settings)
+    run_steps(original, 6)
+    running = original.ask()  # one decision still out at snapshot time
+    state = json.loads(json.dumps(original.state_dict()))
+    restored = QuickTunePolicy(SPACE, pool, META, PREDICTORS, **settings)
+    restored.load_state_dict(state)
+    assert restored.running() == original.running() == {running.trial_id: running.epoch}  # type: ignore[union-attr]
+    for _ in range(4):
+        a, b = original.ask(), restored.ask()
+        assert a == b
+        assert a is not None
+        score = curve_score(a.config, a.epoch)
+        original.tell(a.trial_id, a.epoch, score, 1.0)
+        restored.tell(b.trial_id, b.epoch, score, 1.0)  # type: ignore[union-attr]
+    assert original.incumbent() == restored.incumbent()
+    other = QuickTunePolicy(SPACE, SPACE.sample_many(8, 99), META, PREDICTORS)
+    with pytest.raises(PolicyError, match="another pool"):
+        other.load_state_dict(state)
+
+
+def test_online_adaptation_changes_predictions_and_is_bounded() -> None:
+    p = QuickTunePolicy(
+        SPACE,
+        SPACE.sample_many(6, 1),
+        META,
+        PREDICTORS,
+        adapt=True,
+        adapt_steps=1000,
+        adapt_time_s=0.05,
+    )
+    run_steps(p, 4)
+    p.ask()
+    assert 1 <= p.state_dict()["adapt_steps_done"] < 1000  # the time limit cut it short

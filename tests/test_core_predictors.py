@@ -1,0 +1,192 @@
+"""Meta-training, the cost predictor's seconds, artefact save/load, and evaluation on SAM2."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtt_ray.core import (
+    PredictorError,
+    Predictors,
+    evaluate_predictors,
+    train_predictors,
+    untrained_predictors,
+)
+from qtt_ray.core.training import TrainingSettings
+from qtt_ray.meta.dataset import MetaDataset, Run
+from qtt_ray.space import SAM2_SPACE, Categorical, Condition, Float, Ordinal, SearchSpace
+
+SPACE = SearchSpace(
+    (
+        Float("lr", 1e-4, 1e-1, log=True),
+        Categorical("optimizer", ("adam", "sgd", "rmsprop")),
+        Ordinal("rank", (4, 8, 16), "log", Condition("optimizer", ("adam",))),
+    ),
+    name="toy",
+)
+FAST = TrainingSettings(max_steps=300, eval_every=50, cost_max_steps=400)
+
+
+def synthetic_meta(n_datasets: int = 3, runs_per_dataset: int = 30, seed: int = 0) -> MetaDataset:
+    """Curves whose final score peaks at lr = 1e-2; epoch cost = 2 s x rank / 4 (rank 4 if none)."""
+    rng = np.random.default_rng(seed)
+    runs, metas = [], {}
+    for d in range(n_datasets):
+        name = f"ds{d}"
+        metas[name] = {"num_samples": 100.0 * (d + 1), "num_classes": 1.0 + d}
+        for config in SPACE.sample_many(runs_per_dataset, seed + d):
+            quality = np.exp(-((np.log10(config["lr"]) + 2.0) ** 2))
+            final = 0.2 + 0.1 * d + 0.6 * quality
+            epochs = np.arange(1, 11)
+            scores = final * (1 - np.exp(-epochs / 3)) + rng.normal(0, 0.005, 10)
+            cost = 2.0 * config.get("rank", 4) / 4
+            runs.append(Run(f"{name}-{len(runs)}", name, config, scores, np.full(10, cost)))
+    return MetaDataset(SPACE, runs, metas, "score", 10)
+
+
+@pytest.fixture(scope="module")
+def trained() -> Predictors:
+    return train_predictors(synthetic_meta(5), seed=0, val_datasets=["ds4"], settings=FAST)
+
+
+def test_cost_predictor_returns_seconds_of_the_right_magnitude(trained: Predictors) -> None:
+    configs = [
+        {"lr": 1e-3, "optimizer": "adam", "rank": 16},
+        {"lr": 1e-3, "optimizer": "adam", "rank": 4},
+        {"lr": 1e-3, "optimizer": "sgd"},
+    ]
+    seconds = trained.cost.predict_seconds(
+        configs, {"num_samples": 200, "num_classes": 2}, [1, 5, 10]
+    )
+    assert np.all(seconds > 0)
+    assert seconds == pytest.approx([8.0, 2.0, 2.0], rel=0.25)
+    doubled = trained.cost.predict_seconds(
+        configs, {"num_samples": 200, "num_classes": 2}, [1, 5, 10], np.log(2)
+    )
+    assert doubled == pytest.approx(2 * seconds)
+
+
+def test_untrained_cost_is_a_positive_constant() -> None:
+    predictors = untrained_predictors(SPACE, ["num_samples", "num_classes"])
+    seconds = predictors.cost.predict_seconds(
+        SPACE.sample_many(4, 0), {"num_samples": 1, "num_classes": 1}, [1, 2, 3, 4]
+    )
+    assert np.allclose(seconds, seconds[0]) and seconds[0] > 0
+
+
+def test_performance_predictor_ranks_the_synthetic_optimum(trained: Predictors) -> None:
+    configs = [{"lr": lr, "optimizer": "sgd"} for lr in (1e-4, 1e-3, 1e-2, 1e-1)]
+    mean, var = trained.performance.predict(
+        configs, {"num_samples": 200, "num_classes": 2}, [[]] * 4, [10] * 4
+    )
+    assert int(np.argmax(mean)) == 2  # lr = 1e-2 is the optimum
+    assert np.all(var > 0)
+
+
+def test_training_is_deterministic_per_seed() -> None:
+    meta = synthetic_meta(runs_per_dataset=12)
+    settings = TrainingSettings(max_steps=60, eval_every=20, cost_max_steps=60)
+    a = train_predictors(meta, seed=3, settings=settings)
+    b = train_predictors(meta, seed=3, settings=settings)
+    for key, value in a.performance.state_dict().items():
+        assert np.array_equal(value.numpy(), b.performance.state_dict()[key].numpy()), key
+    assert a.summary["val_datasets"] == b.summary["val_datasets"]
+
+
+def test_save_load_round_trip_gives_identical_predictions(
+    trained: Predictors, tmp_path: Path
+) -> None:
+    trained.save(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "cost.safetensors",
+        "performance.safetensors",
+        "predictors.json",
+    ]
+    loaded = Predictors.load(tmp_path, SPACE, ["num_classes", "num_samples"])
+    configs = SPACE.sample_many(5, 7)
+    meta = {"num_samples": 300, "num_classes": 3}
+    curves = [[], [0.3], [0.3, 0.4], [], [0.1]]
+    before = trained.performance.predict(configs, meta, curves, [1, 2, 3, 10, 2])
+    after = loaded.performance.predict(configs, meta, curves, [1, 2, 3, 10, 2])
+    assert np.array_equal(before[0], after[0]) and np.array_equal(before[1], after[1])
+    epochs = [1, 2, 3, 4, 5]
+    assert np.array_equal(
+        trained.cost.predict_seconds(configs, meta, epochs),
+        loaded.cost.predict_seconds(configs, meta, epochs),
+    )
+
+
+def test_loading_a_mismatching_artefact_names_the_file_and_the_fix(
+    trained: Predictors, tmp_path: Path
+) -> None:
+    trained.save(tmp_path)
+    with pytest.raises(PredictorError, match=r"predictors\.json.*search space") as err:
+        Predictors.load(tmp_path, SAM2_SPACE)
+    assert "\n" not in str(err.value)
+    with pytest.raises(PredictorError, match="meta-features"):
+        Predictors.load(tmp_path, SPACE, ["num_samples"])
+    with pytest.raises(PredictorError, match="not found"):
+        Predictors.load(tmp_path / "missing")
+    (tmp_path / "cost.safetensors").unlink()
+    with pytest.raises(PredictorError, match="cost.safetensors"):
+        Predictors.load(tmp_path)
+    spec = json.loads((tmp_path / "predictors.json").read_text())
+    spec["format_version"] = 99
+    (tmp_path / "predictors.json").write_text(json.dumps(spec))
+    with pytest.raises(PredictorError, match="format version"):
+        Predictors.load(tmp_path)
+
+
+def load_sam2_curves(path: Path) -> MetaDataset:
+    """The QTT-SEG CSV as a MetaDataset (test-local; the importers live in qtt_ray.meta)."""
+    runs, metas = [], {}
+    with path.open() as handle:
+        for i, row in enumerate(csv.DictReader(handle)):
+            raw = {
+                hp.name: row[hp.name] if hp.name == "sched" else float(row[hp.name])
+                for hp in SAM2_SPACE.hyperparameters
+            }
+            active = {k: v for k, v in raw.items() if SAM2_SPACE.is_active(k, raw)}
+            scores = [float(row[f"epoch_{e}_iou"]) for e in range(10)]
+            runs.append(
+                Run(
+                    str(i),
+                    row["dataset"],
+                    SAM2_SPACE.validate(active),
+                    scores,
+                    [float(row["cost"]) / 10] * 10,
+                )
+            )
+            height, width = (float(v) for v in re.findall(r"\d+", row["default_resolution"]))
+            metas[row["dataset"]] = {
+                "num_samples": float(row["num_samples"]),
+                "num_classes": float(row["num_classes"]),
+                "num_channels": float(row["num_channels"]),
+                "height": height,
+                "width": width,
+            }
+    return MetaDataset(SAM2_SPACE, runs, metas, "iou", 10)
+
+
+@pytest.mark.slow
+def test_meta_training_beats_an_untrained_predictor_on_a_held_out_sam2_dataset(
+    shared_dir: Path,
+) -> None:
+    meta = load_sam2_curves(shared_dir / "meta" / "qttseg_sam2_curves.csv")
+    held_out = "golf"
+    train = meta.subset(["US", "leaf", "lesion", "polyp"])
+    settings = TrainingSettings(max_steps=400, eval_every=100, cost_max_steps=300)
+    trained = train_predictors(train, seed=0, val_datasets=["polyp"], settings=settings)
+    untrained = untrained_predictors(SAM2_SPACE, meta.meta_feature_names)
+    good = evaluate_predictors(trained, meta, held_out, observed_epochs=0)
+    blind = evaluate_predictors(untrained, meta, held_out, observed_epochs=0)
+    assert good["spearman_final"] > blind["spearman_final"] + 0.3
+    assert good["spearman_final"] > 0.5
+    assert 0.0 <= good["calibration"] <= 1.0
+    after_one = evaluate_predictors(trained, meta, held_out, observed_epochs=1)
+    assert after_one["cost_median_ape"] < 15.0  # the task correction fixes the machine speed
