@@ -190,3 +190,16 @@ def test_meta_training_beats_an_untrained_predictor_on_a_held_out_sam2_dataset(
     assert 0.0 <= good["calibration"] <= 1.0
     after_one = evaluate_predictors(trained, meta, held_out, observed_epochs=1)
     assert after_one["cost_median_ape"] < 15.0  # the task correction fixes the machine speed
+
+
+def test_cost_level_uses_the_one_informative_meta_feature() -> None:
+    from qtt_ray.core.cost import fit_level
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(8, 3))
+    levels = 2.0 + 0.8 * rows[:, 1]  # only feature 1 drives the dataset's cost level
+    weights, bias = fit_level(rows, levels)
+    assert weights[0] == 0.0 and weights[2] == 0.0 and weights[1] > 0.5
+    assert rows @ weights + bias == pytest.approx(levels, abs=0.3)  # ridge shrinks a little
+    flat, flat_bias = fit_level(rows, np.full(8, 1.5))  # nothing to explain: the mean level
+    assert np.all(flat == 0.0) and flat_bias == pytest.approx(1.5)

@@ -21,7 +21,7 @@ from qtt_ray.core.features import FeatureSpec
 from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
 from qtt_ray.space import SearchSpace, SpaceError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPEC_FILE = "predictors.json"
 PERFORMANCE_FILE = "performance.safetensors"
 COST_FILE = "cost.safetensors"

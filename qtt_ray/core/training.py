@@ -1,9 +1,12 @@
 """Meta-training of both predictors on a MetaDataset (seeded, time-bounded, early-stopped).
 
 Validation is split BY DATASET (the reference split by sample, which leaks a dataset's curves
-into its own validation set). Performance batches come from one training dataset at a time
-(the GP's marginal likelihood is about points of one task); cost batches mix datasets (a plain
-regression). Both stop early on the validation loss and keep the best weights.
+into its own validation set). The performance predictor's ``ConfigPrior`` is fitted first
+(full-batch, per-dataset z-scored best scores), then frozen while the deep-kernel GP trains.
+Performance batches come from one training dataset at a time (the GP's marginal likelihood is
+about points of one task); the cost network fits log-costs centred per dataset, the level being
+a ridge map of the meta-features (see ``cost``). Both stop early on the validation loss and
+keep the best weights.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qtt_ray.core.cost import CostPredictor
+from qtt_ray.core.cost import CostPredictor, fit_level
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
 from qtt_ray.core.performance import PerformancePredictor
@@ -43,6 +46,9 @@ class TrainingSettings:
     cost_max_steps: int = 1500
     cost_max_rows: int = 50_000  # subsample of (run, epoch) cost rows (long curves)
     cost_share_of_time: float = 0.2
+    prior_steps: int = 500  # full-batch steps of the configuration prior (ConfigPrior)
+    prior_lr: float = 3e-3
+    prior_weight_decay: float = 1e-3
 
 
 def choose_validation(datasets: list[str], seed: int) -> list[str]:
@@ -147,6 +153,7 @@ def _train_performance(
     verbose: bool,
 ) -> tuple[PerformancePredictor, dict[str, float]]:
     predictor = PerformancePredictor(spec, seed=seed)
+    _train_prior(predictor, train, seed, settings)
     rng = np.random.default_rng(seed)
     val_rng = np.random.default_rng(seed + 1)
     val_sets = [
@@ -202,11 +209,47 @@ def _train_performance(
     return predictor, {"steps": step, "best_step": best[2], "val_loss": round(best[0], 4)}
 
 
+def per_dataset_quality(data: DatasetArrays) -> np.ndarray:
+    """Each run's best score, z-scored within its dataset (the ConfigPrior's target)."""
+    best = np.array([data.scores[i, :n].max() for i, n in enumerate(data.lengths.tolist())])
+    return (best - best.mean()) / max(float(best.std()), 1e-6)
+
+
+def _train_prior(
+    predictor: PerformancePredictor,
+    train: list[DatasetArrays],
+    seed: int,
+    settings: TrainingSettings,
+) -> None:
+    """Fit the configuration prior full-batch (every run of every training dataset at once)."""
+    prior = predictor.model.prior
+    members = prior.w3.shape[0]
+    with torch.no_grad():  # small random last layers: the members start apart
+        generator = torch.Generator().manual_seed(seed + 11)
+        prior.w3.copy_(torch.randn(prior.w3.shape, generator=generator, dtype=prior.w3.dtype))
+        prior.w3.mul_(0.05)
+    x = torch.as_tensor(np.concatenate([d.configs for d in train]), dtype=prior.w1.dtype)
+    y = torch.as_tensor(np.concatenate([per_dataset_quality(d) for d in train]))
+    optimizer = torch.optim.AdamW(
+        prior.parameters(), lr=settings.prior_lr, weight_decay=settings.prior_weight_decay
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed + 13)
+        prior.train()
+        for _ in range(settings.prior_steps):
+            optimizer.zero_grad()
+            loss = (prior.members(x) - y).pow(2).mean() * members
+            loss.backward()
+            optimizer.step()
+    prior.eval()
+
+
 def _cost_rows(
     spec: FeatureSpec, sets: list[DatasetArrays], limit: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
-    for data in sets:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, log-seconds and the index of the dataset of each (run, epoch) cost row."""
+    xs, ys, owners = [], [], []
+    for k, data in enumerate(sets):
         runs, epochs = np.nonzero(np.isfinite(data.costs) & (np.nan_to_num(data.costs) > 0))
         x = np.concatenate(
             [
@@ -218,11 +261,12 @@ def _cost_rows(
         )
         xs.append(x)
         ys.append(np.log(data.costs[runs, epochs]))
-    x, y = np.concatenate(xs), np.concatenate(ys)
+        owners.append(np.full(runs.shape[0], k))
+    x, y, owner = np.concatenate(xs), np.concatenate(ys), np.concatenate(owners)
     if x.shape[0] > limit:
         keep = np.sort(rng.choice(x.shape[0], size=limit, replace=False))
-        x, y = x[keep], y[keep]
-    return x, y
+        x, y, owner = x[keep], y[keep], owner[keep]
+    return x, y, owner
 
 
 def _train_cost(
@@ -235,38 +279,51 @@ def _train_cost(
     verbose: bool,
 ) -> tuple[CostPredictor, dict[str, float]]:
     rng = np.random.default_rng(seed + 2)
-    x, y = _cost_rows(spec, train, settings.cost_max_rows, rng)
+    x, y, owner = _cost_rows(spec, train, settings.cost_max_rows, rng)
     if x.shape[0] == 0:
         return CostPredictor(spec, seed=seed), {"steps": 0, "note": "no cost rows"}
-    log_mean, log_std = float(y.mean()), float(max(y.std(), 0.05))
+    present = np.unique(owner)
+    levels = np.array([y[owner == k].mean() for k in present])
+    log_mean = float(levels.mean())
+    log_std = float(max((y - levels[np.searchsorted(present, owner)]).std(), 0.05))
     predictor = CostPredictor(spec, log_mean, log_std, seed=seed)
+    weights, bias = fit_level(
+        np.stack([train[k].meta for k in present]), (levels - log_mean) / log_std
+    )
+    network = predictor.network
     with torch.no_grad():
-        last = predictor.network.net[-1]
+        last = network.net[-1]
         torch.nn.init.normal_(last.weight, std=0.01, generator=torch.Generator().manual_seed(seed))
-    target = torch.as_tensor((y - log_mean) / log_std)
-    inputs = torch.as_tensor(x)
+        network.level.weight.copy_(torch.as_tensor(weights).reshape(1, -1))
+        network.level.bias.fill_(bias)
+    # the network fits each training dataset's costs around that dataset's own mean level
+    centred = (y - levels[np.searchsorted(present, owner)]) / log_std
+    target = torch.as_tensor(centred)
+    inputs = torch.as_tensor(np.delete(x, np.s_[spec.config_width : -1], axis=1))
     if val:
-        vx, vy = _cost_rows(spec, val, settings.cost_max_rows, rng)
-        val_x, val_y = torch.as_tensor(vx), torch.as_tensor((vy - log_mean) / log_std)
-    optimizer = torch.optim.AdamW(predictor.network.parameters(), lr=3e-3, weight_decay=1e-4)
+        vx, vy, v_owner = _cost_rows(spec, val, settings.cost_max_rows, rng)
+        v_levels = np.array([vy[v_owner == k].mean() for k in range(len(val))])
+        val_x = torch.as_tensor(np.delete(vx, np.s_[spec.config_width : -1], axis=1))
+        val_y = torch.as_tensor((vy - v_levels[v_owner]) / log_std)
+    optimizer = torch.optim.AdamW(network.net.parameters(), lr=3e-3, weight_decay=1e-4)
     best = (math.inf, predictor.state_dict(), 0)
     bad_evals, step, start = 0, 0, time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for step in range(1, settings.cost_max_steps + 1):
-            predictor.network.train()
+            network.train()
             idx = torch.as_tensor(rng.integers(0, inputs.shape[0], size=settings.cost_batch_size))
-            loss = torch.mean((predictor.standardised(inputs[idx]) - target[idx]) ** 2)
+            loss = torch.mean((network.config_effect(inputs[idx]) - target[idx]) ** 2)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
             if step % settings.eval_every and not out_of_time:
                 continue
-            predictor.network.eval()
-            with torch.no_grad():
+            network.eval()
+            with torch.no_grad():  # validation: the within-dataset part only (level is fixed)
                 score = (
-                    float(torch.mean((predictor.standardised(val_x) - val_y) ** 2))
+                    float(torch.mean((network.config_effect(val_x) - val_y) ** 2))
                     if val
                     else loss.item()
                 )
