@@ -283,8 +283,19 @@ class SearchSpace:
 
 
 def config_key(config: Config) -> str:
-    """A stable string identity for a configuration (sorted JSON)."""
-    return json.dumps({k: _plain(v) for k, v in config.items()}, sort_keys=True)
+    """A stable string identity for a configuration (sorted JSON).
+
+    Numbers are compared as floats, so 1 and 1.0 (an int grid value and the same value read
+    back from Parquet or JSON) give the same key.
+    """
+    return json.dumps({k: _key_value(v) for k, v in config.items()}, sort_keys=True)
+
+
+def _key_value(value: Any) -> Value:
+    value = _plain(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _same(a: Value, b: Value) -> bool:

@@ -95,3 +95,9 @@ def test_json_round_trip_and_parent_order() -> None:
     with pytest.raises(SpaceError, match="before"):
         SearchSpace((Ordinal("child", (1, 2), condition=Condition("parent", (1,))),
                      Categorical("parent", (0, 1))))
+
+
+def test_config_key_ignores_int_versus_float() -> None:
+    config = SAM2_SPACE.sample(5)
+    as_floats = {k: (float(v) if not isinstance(v, str) else v) for k, v in config.items()}
+    assert config_key(config) == config_key(as_floats)

@@ -1,0 +1,160 @@
+"""``python -m qtt_ray.meta {collect,train,describe}``: the meta-data pipeline's command line.
+
+Thin: parse, call ``collect`` / ``train`` / ``describe``, print. Bad input (a project error class)
+becomes one ``error: ...`` line on stderr and exit code 2 (``qtt_ray.cli.run_cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from qtt_ray.cli import CliError, run_cli
+from qtt_ray.space import MAX_EPOCHS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m qtt_ray.meta",
+        description="Collect learning curves with Ray, train and ship the predictors, describe "
+                    "datasets.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    collect = commands.add_parser(
+        "collect", help="train sampled configurations on datasets and record their curves")
+    collect.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                         help="dataset folders (images/ + masks/) or 'demo' / 'demo-multiclass'")
+    collect.add_argument("--configs", type=int, required=True, metavar="N",
+                         help="configurations per dataset (seeded; a rerun skips recorded ones)")
+    collect.add_argument("--epochs", type=int, default=MAX_EPOCHS,
+                         help=f"epochs per run (1..{MAX_EPOCHS}, default {MAX_EPOCHS})")
+    collect.add_argument("--out", required=True, metavar="PARQUET",
+                         help="meta-dataset file to create or extend")
+    collect.add_argument("--seed", type=int, default=0,
+                         help="seeds the configuration sample and the training (default 0)")
+    collect.add_argument("--model", default="auto",
+                         help="auto | micro | tiny | small | base-plus | large | a hub id")
+    collect.add_argument("--checkpoint", default=None, help="local SAM2 checkpoint file")
+    collect.add_argument("--image-size", type=int, default=None,
+                         help="model input size (default 1024 official, 128 micro)")
+    collect.add_argument("--batch-size", type=int, default=4)
+    collect.add_argument("--num-images", type=int, default=100,
+                         help="images subsampled per dataset (80/20 train/val)")
+    collect.add_argument("--data-seed", type=int, default=0, help="seed of the subsample")
+    collect.add_argument("--gpus-per-trial", type=float, default=None,
+                         help="GPUs per trial (default 1 when CUDA is available; 0 forces CPU)")
+    collect.add_argument("--cpus-per-trial", type=int, default=None)
+    collect.add_argument("--address", default=None,
+                         help="Ray cluster to join, e.g. 'auto' (default: start Ray locally)")
+    collect.add_argument("--storage", default=None,
+                         help="Ray Tune storage path (default: a temporary folder)")
+
+    train = commands.add_parser(
+        "train", help="meta-train predictors, report held-out quality, write the artefact")
+    train.add_argument("--meta", nargs="+", required=True, metavar="PATH",
+                       help="meta-data: .parquet, the QTT-SEG .csv, or the Meta-Album folder")
+    train.add_argument("--out", default=None, metavar="DIR",
+                       help="artefact folder (Predictors.save + MODEL_CARD.json)")
+    train.add_argument("--holdout", nargs="*", default=[], metavar="DATASET",
+                       help="datasets kept out of training and reported on")
+    train.add_argument("--loo", action="store_true",
+                       help="also run leave-one-dataset-out over all datasets (quality report)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-seconds", type=float, default=None,
+                       help="bound on each predictor training (default: early stopping only)")
+    train.add_argument("--report", default=None, metavar="JSON",
+                       help="also write the validation numbers to this JSON file")
+
+    describe = commands.add_parser("describe", help="print a dataset's meta-features")
+    describe.add_argument("--data", required=True, metavar="DIR",
+                          help="dataset folder or 'demo' / 'demo-multiclass'")
+    describe.add_argument("--num-images", type=int, default=100)
+    describe.add_argument("--seed", type=int, default=0)
+    describe.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    import ray
+
+    from qtt_ray.meta.collect import collect
+
+    started = False
+    if args.address is not None and not ray.is_initialized():
+        ray.init(address=args.address, logging_level="ERROR")
+        started = True
+    try:
+        summary = collect(
+            args.data, args.out, args.configs, epochs=args.epochs, seed=args.seed,
+            model=args.model, checkpoint=args.checkpoint, image_size=args.image_size,
+            batch_size=args.batch_size, num_images=args.num_images, data_seed=args.data_seed,
+            gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+            storage=args.storage,
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    print(f"added {summary.added} runs to {args.out} ({summary.skipped} already there, "
+          f"{summary.failed} failed) in {summary.seconds:.0f} s")
+    return 1 if summary.failed else 0
+
+
+def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from qtt_ray.meta import train
+
+    if args.out is None and not args.loo:
+        raise CliError("train: give --out DIR (write predictors) and/or --loo (report)")
+    meta = train.load_meta_sources(args.meta)
+    print(f"meta-data: {len(meta.runs)} runs over {len(meta.datasets)} datasets "
+          f"({', '.join(meta.datasets)})")
+    report: dict[str, object] = {}
+    predictors, holdout_reports = None, []
+    if args.out is not None:
+        predictors, holdout_reports = train.fit(meta, args.holdout, args.seed, args.max_seconds)
+        if holdout_reports:
+            print("\nheld-out datasets:\n" + train.format_report(holdout_reports))
+    loo_reports = None
+    if args.loo:
+        print("\nleave-one-dataset-out:")
+        loo_reports = train.leave_one_out(meta, args.seed, args.max_seconds)
+        print(train.format_report(loo_reports))
+    if predictors is not None:
+        card = train.model_card(meta, args.meta, predictors, holdout_reports, loo_reports,
+                                args.seed, train.command_line(argv))
+        folder = train.save_artefact(args.out, predictors, card)
+        report = card["validation"]
+        print(f"\nwrote predictors and {train.MODEL_CARD} to {folder}")
+    else:
+        report = {"leave_one_dataset_out": {"rows": [asdict(r) for r in loo_reports or []],
+                                            "mean": train.mean_report(loo_reports or [])}}
+    if args.report is not None:
+        Path(args.report).write_text(json.dumps(train.json_safe(report), indent=2) + "\n")
+    return 0
+
+
+def run_describe(args: argparse.Namespace) -> int:
+    from qtt_ray.meta.describe import describe_dataset, format_description
+
+    description = describe_dataset(args.data, args.num_images, args.seed)
+    print(description.to_json() if args.json else format_description(description))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    commands = {
+        "collect": lambda: run_collect(args),
+        "train": lambda: run_train(args, argv),
+        "describe": lambda: run_describe(args),
+    }
+    return run_cli("python -m qtt_ray.meta " + args.command, commands[args.command])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

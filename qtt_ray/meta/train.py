@@ -1,0 +1,355 @@
+"""Meta-training from recorded curves, its held-out quality report, and the shipped artefact.
+
+``train`` fits the core's performance and cost predictors on every dataset except the holdouts,
+then scores them on each held-out dataset the way the policy meets a new task: with no epoch of
+the unseen configurations observed and with one. Two references are computed in the same run so
+the numbers can be compared honestly:
+
+- a random forest over the same inputs (``space.encode`` + meta-features) fitted on the other
+  datasets' best scores (the "meta-learned zero-shot" baseline of the field);
+- the first-epoch score alone (what one observed epoch tells without any model).
+
+The artefact folder holds ``Predictors.save``'s files plus ``MODEL_CARD.json`` (training data,
+exact command, date, validation numbers, versions, and a warning about where the curves came
+from). ``qtt_ray/predictors/`` inside the package is such a folder, trained on the QTT-SEG curves.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import shlex
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from qtt_ray.core import PredictorError, Predictors, evaluate_predictors, train_predictors
+from qtt_ray.core.features import sanitize_scores
+from qtt_ray.meta.dataset import MetaDataset
+from qtt_ray.meta.importers import combine, load_meta_source
+from qtt_ray.space import SAM2_SPACE
+
+MODEL_CARD = "MODEL_CARD.json"
+RF_TREES = 500
+Log = Callable[[str], None]
+
+
+# -- the shipped artefact ------------------------------------------------------------------------
+def default_predictors_dir() -> Path:
+    """The predictors shipped inside the package (trained on the QTT-SEG SAM2 curves)."""
+    return Path(__file__).resolve().parents[1] / "predictors"
+
+
+def load_default_predictors() -> Predictors:
+    """Load the shipped predictors; a one-line ``PredictorError`` if missing or incompatible."""
+    folder = default_predictors_dir()
+    if not (folder / "predictors.json").is_file():
+        raise PredictorError(
+            f"{folder}: the shipped predictors are missing; reinstall qtt-ray or train your own "
+            "with `python -m qtt_ray.meta train --meta CURVES --out DIR` and pass --predictors DIR"
+        )
+    return Predictors.load(folder, space=SAM2_SPACE)
+
+
+# -- loading the meta-data -----------------------------------------------------------------------
+def load_meta_sources(sources: Sequence[str]) -> MetaDataset:
+    """Parquet files, QTT-SEG CSVs or Meta-Album folders (by suffix) combined into one.
+
+    Sources may record different meta-features (the paper's CSV has 5, a collection 9); only the
+    features every source has are kept, so the predictors can use all runs.
+    """
+    if not sources:
+        raise PredictorError("--meta: give at least one meta-dataset (.parquet, .csv or folder)")
+    metas = [load_meta_source(str(source)) for source in sources]
+    common = set.intersection(*(set(m.meta_feature_names) for m in metas))
+    for meta in metas:
+        meta.meta_features = {
+            dataset: {k: v for k, v in features.items() if k in common}
+            for dataset, features in meta.meta_features.items()
+        }
+    return metas[0] if len(metas) == 1 else combine(metas, label="--meta")
+
+
+def check_holdouts(meta: MetaDataset, holdouts: Sequence[str]) -> list[str]:
+    unknown = [d for d in holdouts if d not in meta.datasets]
+    if unknown:
+        raise PredictorError(
+            f"--holdout {unknown[0]}: not a dataset of the meta-data; choose from {meta.datasets}"
+        )
+    kept = [d for d in meta.datasets if d not in holdouts]
+    if not kept:
+        raise PredictorError("--holdout names every dataset; leave at least one to train on")
+    return sorted(set(holdouts))
+
+
+# -- quality on a held-out dataset ---------------------------------------------------------------
+@dataclass
+class HoldoutReport:
+    """How well predictors trained without ``dataset`` know it (one row of the quality table)."""
+
+    dataset: str
+    n_runs: int
+    spearman_0: float  # predicted vs actual best score, no epoch observed
+    spearman_1: float  # the same after observing each configuration's first epoch
+    calibration_0: float  # share of last-epoch scores inside the predicted 95 % interval
+    calibration_1: float
+    cost_median_ape_0: float  # median |predicted - actual| / actual of epoch seconds, in %
+    cost_median_ape_1: float  # after correcting on each configuration's first epoch
+    rf_spearman: float  # reference: random forest over the same inputs
+    first_epoch_spearman: float  # reference: the first-epoch score alone
+
+
+REPORT_COLUMNS = (
+    ("spearman_0", "rho@0"),
+    ("spearman_1", "rho@1"),
+    ("calibration_0", "calib@0"),
+    ("calibration_1", "calib@1"),
+    ("cost_median_ape_0", "cost%@0"),
+    ("cost_median_ape_1", "cost%@1"),
+    ("rf_spearman", "RF rho"),
+    ("first_epoch_spearman", "ep1 rho"),
+)
+
+
+def best_scores(meta: MetaDataset, dataset: str) -> np.ndarray:
+    """Each run's best score (diverged epochs count as the worst score, as in the core)."""
+    return np.array([sanitize_scores(r.scores).max() for r in meta.runs_of(dataset)])
+
+
+def first_epoch_reference(meta: MetaDataset, dataset: str) -> float:
+    """Spearman of the first-epoch score with the best score: ranking by one observed epoch."""
+    first = np.array([sanitize_scores(r.scores)[0] for r in meta.runs_of(dataset)])
+    return _spearman(first, best_scores(meta, dataset))
+
+
+def random_forest_reference(train: MetaDataset, test: MetaDataset, dataset: str,
+                            seed: int = 0) -> float:
+    """Spearman of a random forest (config encoding + raw meta-features -> best score)."""
+    from sklearn.ensemble import RandomForestRegressor  # only the quality report needs it
+
+    names = sorted(set(train.meta_feature_names) & set(test.meta_feature_names))
+
+    def inputs(meta: MetaDataset, runs_of: list[str]) -> np.ndarray:
+        rows = []
+        for name in runs_of:
+            runs = meta.runs_of(name)
+            configs = meta.space.encode_many([r.config for r in runs]).astype(np.float64)
+            features = np.array([[meta.meta_features[name][n] for n in names]] * len(runs))
+            rows.append(np.hstack([configs, features.reshape(len(runs), len(names))]))
+        return np.vstack(rows)
+
+    train_names = train.datasets
+    target = np.concatenate([best_scores(train, name) for name in train_names])
+    forest = RandomForestRegressor(n_estimators=RF_TREES, random_state=seed, n_jobs=1)
+    forest.fit(inputs(train, train_names), target)
+    predicted = forest.predict(inputs(test, [dataset]))
+    return _spearman(predicted, best_scores(test, dataset))
+
+
+def evaluate_holdout(predictors: Predictors, train: MetaDataset, meta: MetaDataset,
+                     dataset: str, seed: int = 0) -> HoldoutReport:
+    """Score ``predictors`` (trained on ``train``) and both references on ``dataset``."""
+    zero = evaluate_predictors(predictors, meta, dataset, observed_epochs=0)
+    one = evaluate_predictors(predictors, meta, dataset, observed_epochs=1)
+    return HoldoutReport(
+        dataset=dataset,
+        n_runs=len(meta.runs_of(dataset)),
+        spearman_0=zero["spearman_final"],
+        spearman_1=one["spearman_final"],
+        calibration_0=zero["calibration"],
+        calibration_1=one["calibration"],
+        cost_median_ape_0=zero["cost_median_ape"],
+        cost_median_ape_1=one["cost_median_ape"],
+        rf_spearman=random_forest_reference(train, meta, dataset, seed),
+        first_epoch_spearman=first_epoch_reference(meta, dataset),
+    )
+
+
+def fit(
+    meta: MetaDataset, holdouts: Sequence[str] = (), seed: int = 0,
+    max_seconds: float | None = None, log: Log = print,
+) -> tuple[Predictors, list[HoldoutReport]]:
+    """Train on every dataset but ``holdouts``; report quality on each holdout."""
+    holdouts = check_holdouts(meta, holdouts)
+    train = meta.subset([d for d in meta.datasets if d not in holdouts])
+    log(f"training on {len(train.datasets)} datasets ({len(train.runs)} runs), seed {seed}")
+    predictors = train_predictors(train, seed=seed, max_seconds=max_seconds)
+    reports = [evaluate_holdout(predictors, train, meta, d, seed) for d in holdouts]
+    return predictors, reports
+
+
+def leave_one_out(meta: MetaDataset, seed: int = 0, max_seconds: float | None = None,
+                  log: Log = print) -> list[HoldoutReport]:
+    """Train on all datasets but one, evaluate on that one, for each dataset in turn."""
+    if len(meta.datasets) < 2:
+        raise PredictorError("--loo needs a meta-dataset with at least 2 datasets")
+    reports = []
+    for dataset in meta.datasets:
+        train = meta.subset([d for d in meta.datasets if d != dataset])
+        predictors = train_predictors(train, seed=seed, max_seconds=max_seconds)
+        reports.append(evaluate_holdout(predictors, train, meta, dataset, seed))
+        row = reports[-1]
+        log(f"  {dataset}: rho@0 {row.spearman_0:.3f} rho@1 {row.spearman_1:.3f} "
+            f"cost%@0 {row.cost_median_ape_0:.1f} (RF {row.rf_spearman:.3f})")
+    return reports
+
+
+def mean_report(reports: Sequence[HoldoutReport]) -> dict[str, float]:
+    """Unweighted mean over datasets of each quality number (NaN-aware)."""
+    return {
+        key: float(np.nanmean([getattr(r, key) for r in reports]))
+        for key, _ in REPORT_COLUMNS
+    }
+
+
+def format_report(reports: Sequence[HoldoutReport]) -> str:
+    """The per-dataset table with a mean row (Markdown, so it pastes into the docs)."""
+    header = ["dataset", "runs"] + [label for _, label in REPORT_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in reports:
+        cells = [r.dataset, str(r.n_runs)] + [_cell(key, getattr(r, key)) for key, _ in
+                                              REPORT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    if reports:
+        mean = mean_report(reports)
+        cells = ["**mean**", str(sum(r.n_runs for r in reports))]
+        cells += [_cell(key, mean[key]) for key, _ in REPORT_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _cell(key: str, value: float) -> str:
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.1f}" if key.startswith("cost") else f"{value:.3f}"
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+# -- the model card -----------------------------------------------------------------------------
+def provenance_warning(meta: MetaDataset) -> str:
+    """Where the curves came from, and what that means for a user's own set-up."""
+    models = sorted({r.provenance.get("model", "unknown") for r in meta.runs})
+    sizes = sorted({str(r.provenance.get("image_size", "unknown")) for r in meta.runs})
+    hardware = sorted({r.provenance.get("hardware", "unknown") for r in meta.runs})
+    paper = any(r.provenance.get("source") == "qttseg_sam2_curves.csv" for r in meta.runs)
+    settings = (
+        "at the QTT-SEG paper's settings (SAM2.1 hiera-tiny, 100 images per dataset, batch size "
+        "1, 10 epochs, box prompts)" if paper else "at the collection's settings"
+    )
+    return (
+        f"Learnt on learning curves of {', '.join(models)} at image size {', '.join(sizes)} on "
+        f"{', '.join(hardware)}, {settings}. Scores for other models, image sizes or training "
+        "settings and costs on other hardware are extrapolations (the policy corrects costs from "
+        "observed epochs); collect your own curves with `python -m qtt_ray.meta collect` and "
+        "retrain for other set-ups."
+    )
+
+
+def source_record(source: str) -> dict[str, Any]:
+    """Path, kind and content hash of one meta-data source (folders: hash of the file list)."""
+    path = Path(source)
+    record: dict[str, Any] = {"path": source}
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        record["sha256"] = digest.hexdigest()
+        record["bytes"] = path.stat().st_size
+    return record
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("qtt-ray", "torch", "gpytorch", "numpy", "scipy", "scikit-learn", "pyarrow"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def model_card(
+    meta: MetaDataset,
+    sources: Sequence[str],
+    predictors: Predictors,
+    holdout_reports: Sequence[HoldoutReport],
+    loo_reports: Sequence[HoldoutReport] | None,
+    seed: int,
+    command: str,
+) -> dict[str, Any]:
+    trained_on = predictors.summary.get("train_datasets", []) + predictors.summary.get(
+        "val_datasets", [])
+    validation: dict[str, Any] = {
+        "definitions": {
+            "spearman_0/1": "Spearman of predicted vs actual best score per configuration, with "
+                            "0 / 1 epoch of each configuration observed",
+            "calibration_0/1": "share of last-epoch scores inside the predicted mean +- 1.96 sd",
+            "cost_median_ape_0/1": "median absolute % error of predicted seconds per epoch",
+            "rf_spearman": "reference: sklearn RandomForestRegressor over space.encode + "
+                           "meta-features, fitted on the other datasets' best scores",
+            "first_epoch_spearman": "reference: ranking by the first-epoch score alone",
+        },
+        "holdout": [asdict(r) for r in holdout_reports],
+    }
+    if holdout_reports:
+        validation["holdout_mean"] = mean_report(holdout_reports)
+    if loo_reports:
+        validation["leave_one_dataset_out"] = {
+            "rows": [asdict(r) for r in loo_reports],
+            "mean": mean_report(loo_reports),
+        }
+    return {
+        "artefact": "qtt-ray meta-trained predictors (performance DKL-GP + cost MLP)",
+        "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "command": command,
+        "seed": seed,
+        "training_data": {
+            "sources": [source_record(s) for s in sources],
+            "search_space": meta.space.name,
+            "score": meta.score_name,
+            "max_epochs": meta.max_epochs,
+            "meta_features": predictors.spec.meta_feature_names,
+            "runs_per_dataset": {d: len(meta.runs_of(d)) for d in sorted(trained_on)},
+            "holdout_datasets": [r.dataset for r in holdout_reports],
+        },
+        "training": predictors.summary,
+        "validation": validation,
+        "versions": versions(),
+        "warning": provenance_warning(meta.subset(trained_on)),
+    }
+
+
+def save_artefact(folder: str | Path, predictors: Predictors, card: dict[str, Any]) -> Path:
+    """``Predictors.save`` plus ``MODEL_CARD.json``; returns the folder."""
+    folder = predictors.save(folder)
+    (folder / MODEL_CARD).write_text(json.dumps(json_safe(card), indent=2) + "\n")
+    return folder
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The exact command as a user would type it."""
+    return "python -m qtt_ray.meta " + shlex.join(list(argv))
+
+
+def json_safe(value: Any) -> Any:
+    """NaN is not JSON: write null instead."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

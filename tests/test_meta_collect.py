@@ -1,0 +1,147 @@
+"""``python -m qtt_ray.meta collect``: learning curves recorded as Ray Tune trials, appended
+to a Parquet meta-dataset, resumable without duplicates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from ray_fixtures import ray_session  # noqa: F401
+
+from qtt_ray.meta.__main__ import main
+from qtt_ray.meta.collect import (
+    DATASET_KEY,
+    build_run,
+    pair_key,
+    plan_collection,
+    planned_configs,
+    run_details,
+    run_id,
+)
+from qtt_ray.meta.dataset import MetaDataset
+from qtt_ray.meta.schema import append_runs, read_meta
+from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE, config_key
+
+SETTINGS = {"model": "micro", "image_size": 64, "batch_size": 4}
+
+
+def epoch_results(n: int, diverge_at: int | None = None) -> list[dict]:
+    return [
+        {"iou": 0.1 * (e + 1), "train_s": 2.0 + e, "eval_s": 0.5, "epoch_s": 2.6 + e,
+         "diverged": diverge_at is not None and e >= diverge_at, "hardware": "CPU: test",
+         "startup_s": 1.5, "fresh_actor": True, "hostname": "node-a",
+         **({"checkpoint_save_s": 0.1, "checkpoint_load_s": 0.05, "checkpoint_bytes": 1e6}
+            if e == n - 1 else {})}
+        for e in range(n)
+    ]
+
+
+def test_planned_configs_are_a_seeded_prefix_stable_stream() -> None:
+    three = planned_configs(3, seed=5)
+    assert planned_configs(2, seed=5) == three[:2]
+    assert planned_configs(3, seed=6) != three
+    assert len({config_key(c) for c in three}) == 3
+    assert pair_key({"lora": 0, "lr": 1e-4, "weight_decay": 0, "horizontal_flip": 1,
+                     "vertical_flip": 0, "random_rotate": 0, "sched": "cosine"}) == pair_key(
+        {"lora": 0.0, "lr": 1e-4, "weight_decay": 0.0, "horizontal_flip": 1.0,
+         "vertical_flip": 0.0, "random_rotate": 0.0, "sched": "cosine"})
+
+
+def test_build_run_records_costs_divergence_and_details() -> None:
+    config = {**planned_configs(1, 0)[0], DATASET_KEY: "demo"}
+    run = build_run("demo", config, epoch_results(3, diverge_at=2), "demo", SETTINGS)
+    assert run.run_id == run_id("demo", SAM2_SPACE.validate(planned_configs(1, 0)[0]))
+    assert DATASET_KEY not in run.config
+    np.testing.assert_allclose(run.costs, [2.5, 3.5, 4.5])  # train + eval seconds
+    assert run.scores[:2].tolist() == pytest.approx([0.1, 0.2]) and math.isnan(run.scores[2])
+    assert run.provenance["model"] == "micro" and run.provenance["image_size"] == "64"
+    assert run.provenance["hardware"] == "CPU: test"
+    details = run_details(run)
+    assert details["train_s"] == [2.0, 3.0, 4.0] and details["eval_s"] == [0.5] * 3
+    assert details["startup_s"] == 1.5 and details["checkpoint_bytes"] == 1e6
+    assert details["settings"] == SETTINGS
+
+
+def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path) -> None:
+    out = tmp_path / "meta.parquet"
+    plans = plan_collection(["demo"], 3, 0, out, num_images=12, data_seed=0)
+    assert len(plans[0].configs) == 3 and plans[0].skipped == 0
+    first = plans[0].configs[0]
+    run = build_run("demo", first, epoch_results(2), "demo", SETTINGS)
+    assert append_runs(out, MetaDataset(SAM2_SPACE, [run], {"demo": plans[0].meta_features},
+                                        "iou", MAX_EPOCHS)) == 1
+    again = plan_collection(["demo"], 3, 0, out, num_images=12, data_seed=0)
+    assert again[0].skipped == 1 and again[0].configs == plans[0].configs[1:]
+    # the same dataset name with other meta-features (another subsample size) is refused
+    assert main(["collect", "--data", "demo", "--configs", "3", "--epochs", "2",
+                 "--model", "micro", "--num-images", "20", "--out", str(out)]) == 2
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
+    out = str(tmp_path / "m.parquet")
+    cases = [
+        ["collect", "--data", "demo", "--configs", "2", "--epochs", "11", "--out", out],
+        ["collect", "--data", "demo", "--configs", "0", "--out", out],
+        ["collect", "--data", "demo", "demo", "--configs", "2", "--out", out],
+        ["collect", "--data", str(tmp_path / "none"), "--configs", "2", "--out", out],
+    ]
+    for argv in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("python -m qtt_ray.meta collect: error:") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys) -> None:  # noqa: F811
+    """2 configs x 2 epochs on the demo data and a real dataset (micro SAM2 on CPU); a rerun
+    adds nothing; --configs 3 adds one per dataset."""
+    out = tmp_path / "meta.parquet"
+    real = shared_dir / "data" / "drive_retina_vessels"
+    argv = ["collect", "--data", "demo", str(real), "--epochs", "2", "--model", "micro",
+            "--image-size", "64", "--num-images", "10", "--out", str(out),
+            "--storage", str(tmp_path / "ray")]
+    assert main([*argv, "--configs", "2"]) == 0
+    meta = read_meta(out)
+    assert sorted(meta.datasets) == ["demo", "drive_retina_vessels"]
+    assert len(meta.runs) == 4
+    for run in meta.runs:
+        assert run.epochs == 2 and np.all(run.costs > 0)
+        assert np.all((run.scores[np.isfinite(run.scores)] >= 0) & (run.scores <= 1))
+        assert run.provenance["model"] == "micro" and run.provenance["image_size"] == "64"
+        assert run.provenance["hardware"].startswith("CPU:")
+        details = run_details(run)
+        assert len(details["train_s"]) == 2 and details["startup_s"] > 0
+        assert details["checkpoint_bytes"] > 0 and details["checkpoint_save_s"] >= 0
+    assert meta.meta_features["drive_retina_vessels"]["num_samples"] == 40.0
+    expected = {pair_key(c) for c in planned_configs(2, 0)}
+    assert {pair_key(r.config) for r in meta.runs_of("demo")} == expected
+    capsys.readouterr()
+
+    assert main([*argv, "--configs", "2"]) == 0
+    assert "added 0 runs" in capsys.readouterr().out
+    assert len(read_meta(out).runs) == 4
+
+    assert main([*argv, "--configs", "3"]) == 0
+    meta = read_meta(out)
+    assert len(meta.runs) == 6
+    assert {d: len(meta.runs_of(d)) for d in meta.datasets} == {"demo": 3,
+                                                                "drive_retina_vessels": 3}
+    assert len({(r.dataset, pair_key(r.config)) for r in meta.runs}) == 6
+
+    # predictors trained on this collected CPU meta-dataset load and drive `qtt_ray.tune`
+    from qtt_ray import tune as tune_cli
+
+    predictors = tmp_path / "predictors"
+    assert main(["train", "--meta", str(out), "--out", str(predictors), "--max-seconds",
+                 "3"]) == 0
+    output = tmp_path / "tune-run"
+    assert tune_cli.main(["--data", "demo", "--model", "micro", "--image-size", "64",
+                          "--num-images", "10", "--budget", "15", "--searcher", "quicktune",
+                          "--predictors", str(predictors), "--pool-size", "3",
+                          "--output", str(output), "--storage", str(tmp_path / "ray"),
+                          "--mlflow-uri", "none", "--quiet"]) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert results["searcher"] == "quicktune" and results["trials"]
+    assert results["best_iou"] is not None

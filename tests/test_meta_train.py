@@ -1,0 +1,184 @@
+"""``python -m qtt_ray.meta train``: predictors fitted on curves, their quality report, the
+artefact (``Predictors.save`` + ``MODEL_CARD.json``) driving the Quick-Tune policy, and the
+predictors shipped inside the package."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtt_ray.core import Predictors, QuickTunePolicy
+from qtt_ray.meta.__main__ import main
+from qtt_ray.meta.dataset import MetaDataset, Run
+from qtt_ray.meta.schema import write_meta
+from qtt_ray.meta.train import (
+    MODEL_CARD,
+    default_predictors_dir,
+    first_epoch_reference,
+    load_default_predictors,
+    load_meta_sources,
+    random_forest_reference,
+)
+from qtt_ray.space import SAM2_SPACE
+
+DATASETS = {"alpha": 0.0, "beta": 0.1, "gamma": -0.1, "delta": 0.05}
+
+
+def synthetic_curves(n_configs: int = 24, seed: int = 0) -> MetaDataset:
+    """Curves whose final score rises with log(lr) and whose cost grows with image size: a
+    structure a meta-learner (and a random forest) can find across datasets."""
+    rng = np.random.default_rng(seed)
+    configs = SAM2_SPACE.sample_many(n_configs, seed)
+    runs, features = [], {}
+    for d, (name, offset) in enumerate(DATASETS.items()):
+        size = 128.0 * (d + 1)
+        features[name] = {"num_samples": 100.0 + 50 * d, "num_classes": 1.0 + d % 2,
+                          "height": size, "width": size, "num_channels": 3.0}
+        for i, config in enumerate(configs):
+            lr_unit = SAM2_SPACE["lr"].encode(config["lr"])[0]
+            top = np.clip(0.3 + 0.5 * lr_unit + offset + rng.normal(0, 0.03), 0.05, 0.95)
+            speed = rng.uniform(0.8, 3.0)
+            epochs = np.arange(1, 11)
+            scores = top * (1 - np.exp(-epochs / speed)) + rng.normal(0, 0.005, 10)
+            costs = np.full(10, 0.02 * size * (1.2 if config.get("lora") else 1.0))
+            costs *= rng.uniform(0.95, 1.05, 10)
+            runs.append(Run(f"{name}-{i:03d}", name, config, scores, costs,
+                            {"model": "micro", "hardware": "test CPU", "image_size": "128",
+                             "source": "synthetic"}))
+    return MetaDataset(SAM2_SPACE, runs, features, "iou", 10)
+
+
+@pytest.fixture(scope="module")
+def curves_file(tmp_path_factory) -> Path:
+    return write_meta(synthetic_curves(), tmp_path_factory.mktemp("meta") / "curves.parquet")
+
+
+@pytest.fixture(scope="module")
+def artefact(curves_file, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("predictors") / "artefact"
+    argv = ["train", "--meta", str(curves_file), "--out", str(out), "--holdout", "delta",
+            "--seed", "0", "--max-seconds", "6"]
+    assert main(argv) == 0
+    return out, " ".join(argv)
+
+
+def test_artefact_files_and_model_card(artefact) -> None:
+    out, argv = artefact
+    assert {"predictors.json", "performance.safetensors", "cost.safetensors", MODEL_CARD} <= {
+        p.name for p in out.iterdir()}
+    card = json.loads((out / MODEL_CARD).read_text())
+    assert card["command"] == "python -m qtt_ray.meta " + argv
+    assert card["created"][:4].isdigit() and card["seed"] == 0
+    source = card["training_data"]["sources"][0]
+    assert len(source["sha256"]) == 64 and source["bytes"] > 0
+    assert card["training_data"]["holdout_datasets"] == ["delta"]
+    assert set(card["training_data"]["runs_per_dataset"]) == {"alpha", "beta", "gamma"}
+    row = card["validation"]["holdout"][0]
+    assert row["dataset"] == "delta" and row["n_runs"] == 24
+    for key in ("spearman_0", "spearman_1", "calibration_0", "cost_median_ape_0",
+                "rf_spearman", "first_epoch_spearman"):
+        assert row[key] is not None and math.isfinite(row[key])
+    assert card["versions"]["torch"] and card["versions"]["python"]
+    assert "micro" in card["warning"] and "test CPU" in card["warning"]
+
+
+def test_holdout_quality_is_learnt_not_guessed(artefact) -> None:
+    """The structure (score rises with lr) transfers to the held-out dataset."""
+    card = json.loads((artefact[0] / MODEL_CARD).read_text())
+    row = card["validation"]["holdout"][0]
+    assert row["spearman_0"] > 0.5
+    assert row["rf_spearman"] > 0.5
+    assert row["cost_median_ape_1"] < 25.0  # the correction on one observed epoch
+
+
+def test_artefact_drives_the_policy(artefact) -> None:
+    """Loaded predictors run a freeze-thaw ask/tell loop on the held-out dataset's curves."""
+    predictors = Predictors.load(artefact[0], space=SAM2_SPACE)
+    meta = synthetic_curves()
+    runs = meta.runs_of("delta")[:8]
+    policy = QuickTunePolicy(SAM2_SPACE, [r.config for r in runs], meta.meta_features["delta"],
+                             predictors, max_epochs=10, seed=0, adapt_steps=5)
+    trained = []
+    for _ in range(12):
+        decision = policy.ask()
+        assert decision is not None and decision.epoch >= 1
+        run = runs[decision.trial_id]
+        policy.tell(decision.trial_id, decision.epoch, float(run.scores[decision.epoch - 1]),
+                    float(run.costs[decision.epoch - 1]))
+        trained.append(decision.trial_id)
+    incumbent = policy.incumbent()
+    assert incumbent is not None
+    best_seen = max(policy.trial_scores(t)[-1] for t in set(trained))
+    assert incumbent.score >= best_seen - 1e-12
+
+
+def test_loo_prints_table_with_references(capsys, tmp_path) -> None:
+    report = tmp_path / "loo.json"
+    three = write_meta(synthetic_curves(12).subset(["alpha", "beta", "gamma"]),
+                       tmp_path / "three.parquet")
+    argv = ["train", "--meta", str(three), "--loo", "--max-seconds", "1",
+            "--report", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| dataset | runs | rho@0 | rho@1" in out and "RF rho" in out and "ep1 rho" in out
+    assert "**mean**" in out
+    rows = json.loads(report.read_text())["leave_one_dataset_out"]["rows"]
+    assert [r["dataset"] for r in rows] == ["alpha", "beta", "gamma"]
+
+
+def test_references() -> None:
+    meta = synthetic_curves()
+    # monotone curves: the first epoch ranks the final ones only partly; a perfect proxy = 1
+    assert -1.0 <= first_epoch_reference(meta, "alpha") <= 1.0
+    flat = MetaDataset(SAM2_SPACE, [
+        Run(f"r{i}", "flat", c, np.full(10, 0.1 * i), np.ones(10))
+        for i, c in enumerate(SAM2_SPACE.sample_many(5, 1))
+    ], {"flat": meta.meta_features["alpha"]})
+    assert first_epoch_reference(flat, "flat") == pytest.approx(1.0)
+    train = meta.subset(["alpha", "beta", "gamma"])
+    assert random_forest_reference(train, meta, "delta", seed=0) > 0.5
+
+
+def test_sources_with_different_meta_features_keep_the_common_ones(curves_file, tmp_path) -> None:
+    richer = synthetic_curves(6, seed=3)
+    richer.runs = [Run("x" + r.run_id, "epsilon", r.config, r.scores, r.costs, r.provenance)
+                   for r in richer.runs_of("alpha")]
+    richer.meta_features = {"epsilon": {**richer.meta_features["alpha"], "extra": 1.0}}
+    other = write_meta(richer, tmp_path / "richer.parquet")
+    meta = load_meta_sources([str(curves_file), str(other)])
+    assert "epsilon" in meta.datasets and "extra" not in meta.meta_feature_names
+
+
+def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys) -> None:
+    cases = [
+        ["train", "--meta", str(curves_file), "--out", str(tmp_path / "a"), "--holdout", "nope"],
+        ["train", "--meta", str(tmp_path / "missing.parquet"), "--loo"],
+        ["train", "--meta", str(curves_file)],
+    ]
+    for argv in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("python -m qtt_ray.meta train: error:") and "\n" not in err
+
+
+def test_shipped_predictors_load_and_predict() -> None:
+    folder = default_predictors_dir()
+    size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    assert size < 2_000_000
+    predictors = load_default_predictors()
+    card = json.loads((folder / MODEL_CARD).read_text())
+    assert "hiera" in card["warning"].lower() and card["training_data"]["sources"]
+    loo = card["validation"]["leave_one_dataset_out"]
+    assert len(loo["rows"]) == 9 and loo["mean"]["spearman_0"] is not None
+    features = {"num_samples": 200.0, "num_classes": 1.0, "height": 440.0, "width": 512.0,
+                "num_channels": 3.0}
+    pool = SAM2_SPACE.sample_many(6, 0)
+    policy = QuickTunePolicy(SAM2_SPACE, pool, features, predictors, seed=0)
+    decision = policy.ask()
+    assert decision is not None and decision.epoch == 1
+    seconds = predictors.cost.predict_seconds(pool, features, [1] * len(pool))
+    assert np.all(np.isfinite(seconds)) and np.all(seconds > 0)
