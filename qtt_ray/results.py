@@ -17,6 +17,13 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+ADAPTER_DIR = "best"  # the best epoch's adapter, exported beside results.json
+# keys of Results.extra written by qtt_ray.tune
+EXTRA_ADAPTER = "adapter"  # the adapter folder, relative to the run folder
+EXTRA_ADAPTER_EPOCH = "adapter_epoch"  # which epoch of the best trial the adapter holds
+EXTRA_ADAPTER_IOU = "adapter_iou"  # the exported adapter's validation IoU, re-measured
+EXTRA_TIMELINE = "timeline"  # [[seconds since the tuning started, best IoU so far], ...]
+EXTRA_INTERRUPTIONS = "interruptions"  # how often the run was interrupted and resumed
 TRIAL_STATUSES = ("TERMINATED", "PAUSED", "ERROR", "RUNNING", "PENDING")
 
 

@@ -264,11 +264,10 @@ class MlflowTracker(Callback):
         self._end_child(trial.trial_id, "FAILED")
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Trials cut by the time budget never get on_trial_complete: close them here."""
-        status_of = {t.trial_id: t.status for t in trials}
+        """Trials cut by the time budget or a Ctrl-C never get on_trial_complete (Tune marks a
+        running one TERMINATED as it stops it): they did not finish, so they end KILLED."""
         for trial_id in list(self.child_runs):
-            status = status_of.get(trial_id)
-            self._end_child(trial_id, "FINISHED" if status == Trial.TERMINATED else "KILLED")
+            self._end_child(trial_id, "KILLED")
 
     def _end_child(self, trial_id: str, status: str) -> None:
         run_id = self.child_runs.get(trial_id)
@@ -276,6 +275,16 @@ class MlflowTracker(Callback):
             return
         self._call("set_terminated", run_id, status=status)
         self._closed_children.add(trial_id)
+
+    # -- experiment resume: Tune saves callback state; the same MLflow runs continue ---------
+    def get_state(self) -> dict[str, Any]:
+        return {"parent_run_id": self.parent_run_id, "child_runs": dict(self.child_runs)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Children of the interrupted run were ended KILLED; ``_child`` reopens them."""
+        self.parent_run_id = self.parent_run_id or state.get("parent_run_id")
+        self.child_runs = dict(state.get("child_runs", {}))
+        self._closed_children = set(self.child_runs)
 
     # -- the parent run, driven by tune.py ----------------------------------------------------
     def log_summary(self, metrics: dict[str, float], params: dict[str, Any]) -> None:

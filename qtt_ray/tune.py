@@ -2,34 +2,66 @@
 
 Steps: load the data and pin the base model; evaluate the zero-shot model on the validation
 split; run Ray Tune with the chosen searcher (freeze-thaw Quick-Tune, random, or ASHA) for the
-budget; export the best trial's adapter; write results.json (+ MLflow, a best-IoU-over-time
-plot and a picture grid) to the output folder and print a summary table.
+budget; export the best epoch's adapter; write results.json, report.md, pictures (+ MLflow) to
+the output folder and print a summary table.
+
+Ctrl-C stops within seconds (Tune saves the experiment state), ends the MLflow runs as KILLED
+and prints the ``--resume`` command, which continues with the same freeze-thaw state and the
+rest of the budget. Hidden options ``--replay-meta/--replay-dataset`` replay recorded learning
+curves instead of training (deterministic, seconds on a CPU: tests and benchmarks).
 """
 
 from __future__ import annotations
 
-import argparse
-import functools
-import json
-import logging
-import math
 import os
-import sys
-import time
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import Any
 
-from qtt_ray.cli import CliError, run_cli
-from qtt_ray.results import RESULTS_FILE, Results, TrialRecord, best_of, write_results
+# OpenMP busy-waiting makes torch 10-30x slower on shared cores (measured): before torch loads
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+from qtt_ray.cli import CliError, run_cli  # noqa: E402
+from qtt_ray.results import (  # noqa: E402
+    ADAPTER_DIR,
+    EXTRA_ADAPTER,
+    EXTRA_ADAPTER_EPOCH,
+    EXTRA_ADAPTER_IOU,
+    EXTRA_INTERRUPTIONS,
+    EXTRA_TIMELINE,
+    RESULTS_FILE,
+    Results,
+    TrialRecord,
+    best_of,
+    write_results,
+)
 
 PROG = "python -m qtt_ray.tune"
 PREDICTORS_DIR = Path(__file__).resolve().parent / "predictors"
-TRAIN_PREDICTORS_HINT = "python -m qtt_ray.meta.train --out qtt_ray/predictors"
+TRAIN_PREDICTORS_HINT = (
+    "python -m qtt_ray.meta train --meta PATH/qttseg_sam2_curves.csv --out DIR"
+)
 STORAGE_ENV = "QTT_STORAGE_PATH"
 RUN_FILE = "run.json"  # what --resume needs to rebuild the trainable
 POOL_SIZE = 256
+MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
+CHECKPOINTS_KEPT = 2  # per trial: the newest and, until it is verified, the one before
+WORKER_ENV = ("OMP_WAIT_POLICY",)  # passed to Ray workers
+TRAIN_FACTOR = 3.0  # a training image costs about 3 forward passes (forward + backward)
+INTERRUPTED_EXIT = 130
+# options fixed by the first run; --resume refuses different values
+RESUME_FIXED = ("data", "model", "checkpoint", "num_images", "image_size", "batch_size", "seed",
+                "searcher", "predictors", "replay_meta", "replay_dataset")
 
 log = logging.getLogger("qtt_ray.tune")
 
@@ -61,8 +93,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "multi-node runs (default $QTT_STORAGE_PATH or <output>/ray)")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue an interrupted experiment from its output folder")
+    p.add_argument("--max-failures", type=int, default=MAX_FAILURES,
+                   help="retries of a failed trial from its last checkpoint "
+                        f"(default {MAX_FAILURES}); then it is marked failed and the search goes "
+                        "on")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    # replayed learning curves instead of training: tests and benchmarks
+    p.add_argument("--replay-meta", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--replay-dataset", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--replay-time-scale", type=float, default=0.0, help=argparse.SUPPRESS)
     return p
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The ``dest`` of every option the user typed (to tell them from defaults)."""
+    given = set()
+    for action in parser._actions:
+        for option in action.option_strings:
+            if any(a == option or a.startswith(option + "=") for a in argv):
+                given.add(action.dest)
+    return given
 
 
 # -- input checks ---------------------------------------------------------------------------
@@ -79,6 +129,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
     if args.pool_size < 1:
         raise CliError(f"--pool-size {args.pool_size} must be at least 1")
+    if args.max_failures < 0:
+        raise CliError(f"--max-failures {args.max_failures} must be 0 or more")
+    if (args.replay_meta is None) != (args.replay_dataset is None):
+        raise CliError("--replay-meta and --replay-dataset go together; pass both or neither")
     if args.resume is not None and not (Path(args.resume) / RUN_FILE).is_file():
         raise CliError(f"--resume {args.resume}: no {RUN_FILE} there; pass an output folder of "
                        f"an interrupted {PROG} run")
@@ -120,60 +174,93 @@ def make_quicktune_policy(
                            max_epochs=MAX_EPOCHS, seed=seed)
 
 
-# -- progress -------------------------------------------------------------------------------
-def progress_callback(quiet: bool, metric: str = "iou") -> Any:
-    from ray.tune import Callback
-
-    class ProgressPrinter(Callback):
-        """One plain line per finished epoch (no terminal control codes, fine in logs)."""
-
-        def __init__(self) -> None:
-            self.quiet = quiet
-            self.best = -math.inf
-            self.started = time.monotonic()
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
-            value = float(result.get(metric, float("nan")))
-            if math.isfinite(value):
-                self.best = max(self.best, value)
-            if self.quiet:
-                return
-            best = f"{self.best:.3f}" if math.isfinite(self.best) else "-"
-            print(
-                f"[{time.monotonic() - self.started:7.1f}s] trial {trial.trial_id} "
-                f"epoch {int(result.get('training_iteration', 0)):2d}  iou {value:.3f}  "
-                f"best {best}  ({float(result.get('epoch_s', 0.0)):.1f}s)",
-                flush=True,
-            )
-
-    return ProgressPrinter()
-
-
 # -- the run --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReplaySource:
+    """Recorded curves replayed instead of training (hidden --replay-* options)."""
+
+    meta: str
+    dataset: str
+    time_scale: float = 0.0
+
+    def load(self) -> tuple[list[Any], Any, dict[str, float]]:
+        """(the dataset's recorded runs, their ReplayCurves, its meta-features)."""
+        from qtt_ray.meta.importers import load_meta_source
+        from qtt_ray.trainables.replay_trainable import ReplayCurves
+
+        meta = load_meta_source(self.meta)
+        runs = meta.runs_of(self.dataset)
+        if not runs:
+            raise CliError(f"--replay-dataset {self.dataset}: no runs of it in {self.meta}; "
+                           f"choose one of {', '.join(meta.datasets[:8])}")
+        features = dict(meta.meta_features.get(self.dataset, {}))
+        return runs, ReplayCurves.from_meta(meta, self.dataset), features
+
+
 @dataclass
 class Prepared:
     settings: Any
-    dataset: Any
-    spec: Any
+    dataset: Any  # SegDataset; None when replaying
+    spec: Any  # ModelSpec; None when replaying
     searcher: str
     predictors: Path | None
     output: Path
     storage: str  # Ray storage_path
     experiment: str  # Ray experiment name (a folder under storage)
+    replay: ReplaySource | None = None
+    replay_runs: list[Any] | None = None
+    replay_curves: Any = None
+    meta_features: dict[str, float] | None = None
+    saved: dict[str, Any] | None = None  # run.json of the interrupted run (on --resume)
+
+    @property
+    def dataset_name(self) -> str:
+        return self.replay.dataset if self.replay else self.dataset.name
+
+    @property
+    def model_name(self) -> str:
+        return "replay" if self.replay else self.spec.name
 
 
-def prepare(args: argparse.Namespace) -> Prepared:
+def dataset_fingerprint(prep: Prepared) -> dict[str, Any]:
+    """What a resumed run must find again: the same dataset split (and model)."""
+    if prep.replay is not None:
+        return {"name": prep.replay.dataset, "runs": len(prep.replay_runs or [])}
+    return {"name": prep.dataset.name, "num_train": len(prep.dataset.train),
+            "num_val": len(prep.dataset.val), "model": prep.spec.name}
+
+
+def check_resume_options(saved: dict[str, Any], given: set[str],
+                         args: argparse.Namespace) -> None:
+    """--resume continues the saved run: options that define it may not change."""
+    options = saved.get("options", {})
+    for dest in RESUME_FIXED:
+        if dest in given and dest in options and getattr(args, dest) != options[dest]:
+            flag = "--" + dest.replace("_", "-")
+            raise CliError(
+                f"--resume {args.resume} was tuned with {flag} {options[dest]}, not "
+                f"{getattr(args, dest)}; drop {flag} to resume, or start a new run with --output"
+            )
+
+
+def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared:
     """Everything that can fail on bad input, before Ray starts."""
     from qtt_ray.data import load_dataset
     from qtt_ray.trainables.settings import RunSettings
 
+    saved = None
     if args.resume is not None:
         output = Path(args.resume).resolve()
         saved = json.loads((output / RUN_FILE).read_text())
+        check_resume_options(saved, given or set(), args)
         settings = RunSettings.from_json(saved["settings"])
         searcher = saved["searcher"]
         predictors = Path(saved["predictors"]) if saved.get("predictors") else None
         storage, experiment = saved["storage"], saved["experiment"]
+        replay = ReplaySource(**saved["replay"]) if saved.get("replay") else None
+        if "://" not in storage and not (Path(storage) / experiment).is_dir():
+            raise CliError(f"--resume {args.resume}: the Ray experiment "
+                           f"{Path(storage) / experiment} is gone; start a new run")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path(args.output or Path("runs") / stamp).resolve()
@@ -181,22 +268,39 @@ def prepare(args: argparse.Namespace) -> Prepared:
             data=args.data, num_images=args.num_images, data_seed=args.seed, model=args.model,
             checkpoint=args.checkpoint, image_size=args.image_size, batch_size=args.batch_size,
             seed=args.seed,
-        ).pinned()
+        )
+        replay = None
+        if args.replay_meta is not None:
+            replay = ReplaySource(str(Path(args.replay_meta).resolve()), args.replay_dataset,
+                                  float(args.replay_time_scale))
+        else:
+            settings = settings.pinned()
         searcher, predictors = choose_searcher(args)
         storage = args.storage or os.environ.get(STORAGE_ENV) or str(output / "ray")
         if "://" not in storage:
             storage = str(Path(storage).resolve())
         experiment = f"tune-{output.name}"
-    dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
-    for warning in dataset.warnings:
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    prep = Prepared(settings, None, None, searcher, predictors, output, storage, experiment,
+                    replay=replay, saved=saved)
+    if replay is not None:
+        prep.replay_runs, prep.replay_curves, prep.meta_features = replay.load()
+    else:
+        prep.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
+        prep.spec = settings.model_spec()
+        prep.meta_features = dict(prep.dataset.meta_features)
+        for warning in prep.dataset.warnings:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    if saved is not None and saved.get("fingerprint") not in (None, dataset_fingerprint(prep)):
+        raise CliError(
+            f"--resume {args.resume}: the run was tuned on {saved['fingerprint']}, but its "
+            f"dataset/model now give {dataset_fingerprint(prep)}; start a new run"
+        )
     if predictors is not None:
         from qtt_ray.core import Predictors
         from qtt_ray.space import SAM2_SPACE
 
-        Predictors.load(predictors, SAM2_SPACE, sorted(dataset.meta_features))
-    return Prepared(settings, dataset, settings.model_spec(), searcher, predictors, output,
-                    storage, experiment)
+        Predictors.load(predictors, SAM2_SPACE, sorted(prep.meta_features))
+    return prep
 
 
 def slots_for(args: argparse.Namespace) -> int:
@@ -212,78 +316,195 @@ def start_ray() -> None:
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we add the CSV logger
+    # num_to_keep forces a state snapshot per pause: expected here, not worth a warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
+        env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, runtime_env={"env_vars": env})
 
 
-def tune_main(args: argparse.Namespace) -> int:
+def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
+    """Estimated seconds of one epoch (train + validate), from the timed zero-shot evaluation;
+    a budget that cannot fit one epoch is a usage error that says what would."""
+    n_train, n_val = len(prep.dataset.train), max(1, len(prep.dataset.val))
+    epoch_s = eval_s + TRAIN_FACTOR * n_train * eval_s / n_val
+    if budget < epoch_s:
+        raise CliError(
+            f"--budget {budget:g} s is shorter than one epoch here (about {epoch_s:.0f} s for "
+            f"{n_train} training and {n_val} validation images, estimated from the zero-shot "
+            f"evaluation); pass --budget {math.ceil(10 * epoch_s)} or more (10 epochs), or "
+            "fewer --num-images"
+        )
+    return epoch_s
+
+
+class InterruptWatch:
+    """Did Ctrl-C end ``tuner.fit()``? Tune's SIGINT handler stops the run gracefully, returns
+    normally and puts the previous handler back: this object is that handler, so afterwards
+    ``interrupted`` says whether Tune saw a SIGINT. A second Ctrl-C raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self._previous: Any = None
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> InterruptWatch:
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.interrupted = signal.getsignal(signal.SIGINT) is self
+        signal.signal(signal.SIGINT, self._previous)
+
+
+def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
     check_args(args)
     begin = time.monotonic()
-    prep = prepare(args)
+    prep = prepare(args, given)
     prep.output.mkdir(parents=True, exist_ok=True)
-    slots = slots_for(args)
+    slots = int(prep.saved["slots"]) if prep.saved else slots_for(args)
     budget = float(args.budget)
-    if args.resume is not None:  # the interrupted run's budget; its controller knows the rest
-        budget = float(json.loads((prep.output / RUN_FILE).read_text())["budget_s"])
-    else:
-        (prep.output / RUN_FILE).write_text(json.dumps({
-            "settings": prep.settings.to_json(), "searcher": prep.searcher,
-            "predictors": str(prep.predictors) if prep.predictors else None,
-            "budget_s": budget, "slots": slots, "pool_size": args.pool_size,
-            "gpus_per_trial": args.gpus_per_trial, "storage": prep.storage,
-            "experiment": prep.experiment,
-        }, indent=2))
+    spent = 0.0
+    if prep.saved is not None:  # the interrupted run's budget, less what it used
+        budget = float(prep.saved["budget_s"])
+        spent = float(prep.saved.get("spent_s", 0.0))
+        args.max_failures = int(prep.saved.get("options", {}).get("max_failures",
+                                                                   args.max_failures))
+
+    device, base, zero_shot = "cpu", None, None
+    if prep.replay is None:
+        from qtt_ray.model.build import build_model
+        from qtt_ray.model.finetune import zero_shot_iou
+
+        device = prep.settings.resolved_device()
+        base = build_model(prep.spec, device)
+        started = time.monotonic()
+        zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, base=base,
+                                  batch_size=prep.settings.batch_size)
+        if prep.saved is None:
+            check_budget(budget, prep, time.monotonic() - started)
+        print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
+              flush=True)
+    if prep.saved is None:
+        write_run_file(args, prep, budget, slots)
     start_ray()
-    from qtt_ray.model.finetune import zero_shot_iou
 
-    device = prep.settings.resolved_device()
-    zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, batch_size=args.batch_size)
-    print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
-          flush=True)
-    startup_s = time.monotonic() - begin
-
-    tuner, recorder, tracker, setup = build_tuner(args, prep, slots, budget)
+    tuner, recorder, tracker, setup = build_tuner(args, prep, slots, budget, spent, zero_shot)
     status = "FAILED"
     try:
         if tracker is not None:
             tracker.start()  # database set-up counts as start-up, not tuning
+            update_run_file(prep.output, mlflow_parent=tracker.parent_run_id)
         startup_s = time.monotonic() - begin
         tuning_start = time.monotonic()
-        tuner.fit()
+        with InterruptWatch() as watch:
+            tuner.fit()
         elapsed = time.monotonic() - tuning_start
+        if watch.interrupted:
+            status = "KILLED"
+            interrupted(prep, spent + elapsed)
+            return INTERRUPTED_EXIT
         status = "FINISHED"
         final_start = time.monotonic()
-        results = summarise(args, prep, budget, zero_shot, startup_s, elapsed, recorder, setup)
-        export = export_best(recorder, results, prep, device, args.batch_size)
-        results.extra.update(export)
+        results = summarise(args, prep, budget, zero_shot, startup_s, spent + elapsed, recorder,
+                            setup)
+        if prep.replay is None:
+            results.extra.update(export_best(recorder, results, prep, device))
+            draw_pictures(prep, results, device, base)
         results.final_eval_s = time.monotonic() - final_start
         path = write_results(prep.output / RESULTS_FILE, results)
-        write_artifacts(prep.output, results, recorder, tracker, path)
+        from qtt_ray.report import write_report
+
+        report = write_report(prep.output)
+        write_artifacts(prep.output, results, recorder, tracker, path, report)
         print_table(results, prep.output)
     except KeyboardInterrupt:
         status = "KILLED"
-        raise
+        interrupted(prep, spent + time.monotonic() - begin)
+        return INTERRUPTED_EXIT
     finally:
         if tracker is not None:
             tracker.close(status)
     return 0
 
 
-def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: float) -> Any:
-    from ray import tune
-    from ray.tune.logger import CSVLoggerCallback
+def write_run_file(args: argparse.Namespace, prep: Prepared, budget: float, slots: int) -> None:
+    (prep.output / RUN_FILE).write_text(json.dumps({
+        "settings": prep.settings.to_json(), "searcher": prep.searcher,
+        "predictors": str(prep.predictors) if prep.predictors else None,
+        "budget_s": budget, "spent_s": 0.0, "interruptions": 0, "slots": slots,
+        "pool_size": args.pool_size, "gpus_per_trial": args.gpus_per_trial,
+        "storage": prep.storage, "experiment": prep.experiment,
+        "replay": vars(prep.replay) if prep.replay else None,
+        "fingerprint": dataset_fingerprint(prep),
+        "options": {dest: getattr(args, dest) for dest in (*RESUME_FIXED, "max_failures")},
+    }, indent=2))
 
-    from qtt_ray.searchers import WallClock, make_search
+
+def update_run_file(output: Path, **changes: Any) -> None:
+    path = output / RUN_FILE
+    data = json.loads(path.read_text())
+    data.update(changes)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
+
+
+def interrupted(prep: Prepared, spent_s: float) -> None:
+    """Remember the budget used so far and say how to continue."""
+    saved = json.loads((prep.output / RUN_FILE).read_text())
+    update_run_file(prep.output, spent_s=spent_s,
+                    interruptions=int(saved.get("interruptions", 0)) + 1)
+    print(f"\n{PROG}: interrupted after {spent_s:.0f} s of the {saved['budget_s']:g} s budget; "
+          f"continue with:\n  {PROG} --resume {prep.output}", file=sys.stderr, flush=True)
+
+
+def quicktune_policy_factory(args: argparse.Namespace, prep: Prepared) -> Any:
     from qtt_ray.space import SAM2_SPACE
-    from qtt_ray.tracking import MlflowTracker, TrialRecorder
-    from qtt_ray.trainables.sam2_trainable import SAM2Trainable
+
+    if prep.replay_runs is not None:
+        pool = [dict(run.config) for run in prep.replay_runs]
+    else:
+        pool = SAM2_SPACE.sample_many(args.pool_size, args.seed)
+    return functools.partial(make_quicktune_policy, str(prep.predictors), pool,
+                             dict(prep.meta_features or {}), args.seed)
+
+
+def build_trainable(args: argparse.Namespace, prep: Prepared) -> Any:
+    from ray import tune
+
     from qtt_ray.trainables.settings import default_resources
 
     resources = default_resources(args.gpus_per_trial)
-    trainable = tune.with_resources(
+    if prep.replay is not None:
+        from qtt_ray.trainables.replay_trainable import ReplayTrainable
+
+        return tune.with_resources(
+            tune.with_parameters(ReplayTrainable, curves=prep.replay_curves,
+                                 time_scale=prep.replay.time_scale), {"cpu": 1})
+    from qtt_ray.trainables.sam2_trainable import SAM2Trainable
+
+    return tune.with_resources(
         tune.with_parameters(SAM2Trainable, settings=prep.settings), resources
     )
+
+
+def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: float,
+                spent: float = 0.0, zero_shot: float | None = None) -> Any:
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback
+
+    from qtt_ray.progress import ProgressCallback
+    from qtt_ray.searchers import SimulatedClock, WallClock, make_search
+    from qtt_ray.space import SAM2_SPACE
+    from qtt_ray.tracking import MlflowTracker, TrialRecorder
+
+    trainable = build_trainable(args, prep)
+    remaining = max(1.0, budget - spent)
     if args.resume is not None:
         path = f"{prep.storage.rstrip('/')}/{prep.experiment}"
         tuner = tune.Tuner.restore(path, trainable=trainable,
@@ -291,39 +512,69 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
         callbacks = tuner._local_tuner.get_run_config().callbacks or []
         recorder = next(c for c in callbacks if isinstance(c, TrialRecorder))
         tracker = next((c for c in callbacks if isinstance(c, MlflowTracker)), None)
+        if tracker is not None and prep.saved and prep.saved.get("mlflow_parent"):
+            tracker.parent_run_id = prep.saved["mlflow_parent"]  # reopen, not a new parent
         search_alg = tuner._local_tuner._tune_config.search_alg
         controller = getattr(search_alg, "controller", None)
+        # Tune restarts its time budget in full: give it what the interrupted run left
+        tuner._local_tuner._tune_config.time_budget_s = (
+            None if controller is not None and prep.replay is not None
+            else remaining + (backstop(budget) if controller is not None else 0.0)
+        )
         setup = type("Restored", (), {"controller": controller, "name": prep.searcher})()
         return tuner, recorder, tracker, setup
 
-    policy_factory = None
+    policy_factory, extras, pool = None, None, None
+    if prep.replay_runs is not None:
+        from qtt_ray.trainables.replay_trainable import RUN_ID_KEY
+
+        extras = {i: {RUN_ID_KEY: run.run_id} for i, run in enumerate(prep.replay_runs)}
+        pool = [dict(run.config) for run in prep.replay_runs]
     if prep.searcher == "quicktune":
-        pool = SAM2_SPACE.sample_many(args.pool_size, args.seed)
-        policy_factory = functools.partial(
-            make_quicktune_policy, str(prep.predictors), pool, dict(prep.dataset.meta_features),
-            args.seed,
-        )
+        policy_factory = quicktune_policy_factory(args, prep)
+    # a replay spends recorded seconds (deterministic decisions); a real run spends wall time
+    clock = SimulatedClock(budget, slots) if prep.replay is not None else WallClock(budget)
     setup = make_search(prep.searcher, space=SAM2_SPACE, slots=slots, seed=args.seed,
-                        policy_factory=policy_factory, clock=WallClock(budget))
+                        policy_factory=policy_factory, clock=clock, trial_extras=extras,
+                        pool=pool)
     recorder = TrialRecorder()
     tracker = make_tracker(args, prep, budget)
-    callbacks = [recorder, progress_callback(args.quiet), CSVLoggerCallback()]
+    callbacks = [recorder, ProgressCallback(budget, zero_shot_iou=zero_shot, stream=sys.stderr,
+                                            quiet=args.quiet), CSVLoggerCallback()]
     if tracker is not None:
         callbacks.append(tracker)
-    grace = 2.0 + 0.05 * budget  # the policy stops itself at the budget; this is a backstop
+    if setup.controller is None:
+        time_budget = budget
+    else:  # the policy stops itself at the budget; Tune's budget is a backstop
+        time_budget = None if prep.replay is not None else budget + backstop(budget)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=setup.search_alg, scheduler=setup.scheduler, num_samples=-1,
-            reuse_actors=True, metric="iou", mode="max",
-            time_budget_s=budget + (grace if setup.controller is not None else 0.0),
+            reuse_actors=True, metric="iou", mode="max", time_budget_s=time_budget,
         ),
         run_config=tune.RunConfig(
             name=prep.experiment, storage_path=prep.storage, stop=setup.stop, callbacks=callbacks,
-            verbose=0, failure_config=tune.FailureConfig(max_failures=0),
+            verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures),
+            checkpoint_config=checkpoint_config(setup.controller is not None),
         ),
     )
     return tuner, recorder, tracker, setup
+
+
+def backstop(budget: float) -> float:
+    return 2.0 + 0.05 * budget
+
+
+def checkpoint_config(pauses: bool) -> Any:
+    """Keep the newest checkpoints only (disk stays bounded over hundreds of pauses); freeze-thaw
+    saves on every pause, the others every epoch, so a failed trial loses at most one epoch and
+    the best epoch's weights (carried in every checkpoint) survive to the export."""
+    from ray import tune
+
+    return tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT,
+                                 checkpoint_frequency=0 if pauses else 1,
+                                 checkpoint_at_end=True)
 
 
 def make_tracker(args: argparse.Namespace, prep: Prepared, budget: float) -> Any:
@@ -333,28 +584,31 @@ def make_tracker(args: argparse.Namespace, prep: Prepared, budget: float) -> Any
     if uri.lower() == "none":
         return None
     tags = {
-        "searcher": prep.searcher, "dataset": prep.dataset.name, "budget_s": f"{budget:g}",
-        "model": prep.spec.name, "seed": str(args.seed), "output": str(prep.output),
+        "searcher": prep.searcher, "dataset": prep.dataset_name, "budget_s": f"{budget:g}",
+        "model": prep.model_name, "seed": str(args.seed), "output": str(prep.output),
     }
-    return MlflowTracker(uri, "qtt-ray", f"{prep.searcher}-{prep.dataset.name}", tags)
+    return MlflowTracker(uri, "qtt-ray", f"{prep.searcher}-{prep.dataset_name}", tags)
 
 
-def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot: float,
+def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot: float | None,
               startup_s: float, elapsed: float, recorder: Any, setup: Any) -> Results:
     trials: list[TrialRecord] = recorder.records()
     best_trial, best_epoch, best_iou = best_of(trials)
     train_s = sum(sum(v for v in t.train_s if math.isfinite(v)) for t in trials)
     controller = getattr(setup, "controller", None)
-    extra: dict[str, Any] = {"device": prep.settings.resolved_device(),
-                             "num_train": len(prep.dataset.train),
-                             "num_val": len(prep.dataset.val),
+    extra: dict[str, Any] = {"device": "cpu" if prep.replay else prep.settings.resolved_device(),
                              # (tuning seconds, best IoU so far) at each result: compare.py
-                             "timeline": [list(point) for point in recorder.timeline]}
+                             EXTRA_TIMELINE: [list(point) for point in recorder.timeline]}
+    if prep.replay is None:
+        extra.update(num_train=len(prep.dataset.train), num_val=len(prep.dataset.val))
+    if prep.saved is not None:
+        extra[EXTRA_INTERRUPTIONS] = int(prep.saved.get("interruptions", 0))
     if controller is not None:
         extra["decision_s"] = sum(controller.decision_s)
         extra["decisions"] = len(controller.history)
     return Results(
-        searcher=prep.searcher, dataset=prep.dataset.name, model=prep.spec.name, seed=args.seed,
+        searcher=prep.searcher, dataset=prep.dataset_name, model=prep.model_name,
+        seed=args.seed if prep.saved is None else int(prep.saved["options"]["seed"]),
         budget_s=budget, zero_shot_iou=zero_shot, best_iou=best_iou,
         best_config=best_trial.config if best_trial else None,
         best_trial=best_trial.trial_id if best_trial else None, best_epoch=best_epoch,
@@ -363,26 +617,44 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
     )
 
 
-def export_best(recorder: Any, results: Results, prep: Prepared, device: str,
-                batch_size: int) -> dict[str, Any]:
-    """The best trial's last checkpoint -> adapter folder (its last epoch, maybe not the best;
-    ``adapter_iou`` says what the exported weights score)."""
+def export_best(recorder: Any, results: Results, prep: Prepared, device: str) -> dict[str, Any]:
+    """The best trial's latest checkpoint carries its best epoch's weights: export those (not the
+    last epoch's) to ``<output>/best``; ``adapter_iou`` re-measures the exported files."""
     checkpoint = recorder.checkpoints.get(results.best_trial or "")
     if checkpoint is None or results.best_config is None:
         return {}
+    from qtt_ray.model.adapter import load_adapter
+    from qtt_ray.model.evaluate import evaluate_model, prompted_examples
     from qtt_ray.model.finetune import FineTuner
 
     tuner = FineTuner(prep.spec, results.best_config, prep.dataset, device=device,
-                      seed=prep.settings.seed, batch_size=batch_size)
+                      seed=prep.settings.seed, batch_size=prep.settings.batch_size)
     tuner.load(checkpoint)
-    folder = tuner.export_adapter(prep.output / "adapter")
-    return {"adapter": str(folder), "adapter_epoch": tuner.epoch,
-            "adapter_iou": tuner.evaluate()["iou"]}
+    folder = tuner.export_best_adapter(prep.output / ADAPTER_DIR)
+    del tuner
+    exported = load_adapter(folder, device)
+    examples = prompted_examples(prep.dataset.val, prep.spec.image_size)
+    iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size)["iou"]
+    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: int(exported.info.get("epoch", 0)),
+            EXTRA_ADAPTER_IOU: iou}
+
+
+def draw_pictures(prep: Prepared, results: Results, device: str, base: Any) -> None:
+    """The validation picture grid of the exported adapter (before MLflow logs artefacts)."""
+    from qtt_ray.pictures import GRID_FILE, adapter_validation_grid
+
+    adapter = prep.output / ADAPTER_DIR
+    if results.extra.get(EXTRA_ADAPTER) is None or not any(s.classes_present
+                                                           for s in prep.dataset.val):
+        return
+    adapter_validation_grid(adapter, prep.dataset.val, prep.output / GRID_FILE, rows=4,
+                            device=device, base=base)
 
 
 def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,
-                    results_path: Path) -> None:
+                    results_path: Path, report: Path) -> None:
     from qtt_ray.compare import plot_best_over_time
+    from qtt_ray.pictures import GRID_FILE, PLOT_FILE
 
     best_config = output / "best_config.json"
     best_config.write_text(json.dumps(results.best_config, indent=2))
@@ -391,14 +663,16 @@ def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,
     if tracker is None:
         return
     tracker.log_summary(
-        {"zero_shot_iou": results.zero_shot_iou or float("nan"),
-         "best_iou": results.best_iou or float("nan"), "elapsed_s": results.elapsed_s,
+        {"zero_shot_iou": results.zero_shot_iou if results.zero_shot_iou is not None
+         else float("nan"),
+         "best_iou": results.best_iou if results.best_iou is not None else float("nan"),
+         "elapsed_s": results.elapsed_s,
          "train_s": results.train_s, "overhead_s": results.overhead_s,
          "startup_s": results.startup_s, "trials": len(results.trials)},
         {k: v for k, v in (results.best_config or {}).items()},
     )
     tracker.log_timeline(recorder.timeline)
-    for path in (results_path, best_config, plot, output / "pictures.png"):
+    for path in (results_path, best_config, plot, report, output / PLOT_FILE, output / GRID_FILE):
         tracker.log_artifact(path)
 
 
@@ -427,8 +701,10 @@ def print_table(results: Results, output: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_cli(PROG, lambda: tune_main(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return run_cli(PROG, lambda: tune_main(args, given_options(parser, argv)))
 
 
 if __name__ == "__main__":

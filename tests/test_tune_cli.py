@@ -64,3 +64,24 @@ def test_entry_point_runs_as_a_module() -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("python -m qtt_ray.tune: error:")
+
+
+def test_a_budget_shorter_than_one_epoch_says_what_would_work(capsys, tmp_path) -> None:
+    code, err = run_main(tune.main, ["--model", "micro", "--budget", "0.01", "--num-images", "12",
+                                     "--searcher", "random", "--mlflow-uri", "none",
+                                     "--output", str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "--budget 0.01 s is shorter than one epoch" in last and "pass --budget" in last
+
+
+def test_an_incompatible_predictor_artefact_is_one_line(capsys, tmp_path) -> None:
+    from qtt_ray.core.predictors import SPEC_FILE
+
+    folder = tmp_path / "predictors"
+    folder.mkdir()
+    (folder / SPEC_FILE).write_text('{"format": 999}')
+    code, err = run_main(tune.main, ["--model", "micro", "--predictors", str(folder),
+                                     "--num-images", "12"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert str(folder) in err.strip().splitlines()[-1]

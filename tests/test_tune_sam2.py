@@ -11,7 +11,14 @@ from mlflow.tracking import MlflowClient
 from qtt_ray import tune
 from qtt_ray.core import untrained_predictors
 from qtt_ray.data import META_FEATURE_NAMES
-from qtt_ray.results import REQUIRED_KEYS, read_results
+from qtt_ray.results import (
+    ADAPTER_DIR,
+    EXTRA_ADAPTER,
+    EXTRA_ADAPTER_EPOCH,
+    EXTRA_ADAPTER_IOU,
+    REQUIRED_KEYS,
+    read_results,
+)
 from qtt_ray.space import SAM2_SPACE
 
 
@@ -23,8 +30,13 @@ def check_run(output: Path, budget: float, searcher: str) -> None:
     assert math.isfinite(results.zero_shot_iou)
     assert results.elapsed_s < budget + 30  # the budget holds (plus Tune's teardown)
     assert results.train_s <= results.elapsed_s
-    assert (output / "adapter" / "adapter.safetensors").is_file()
-    assert (output / "best_iou.png").is_file()
+    assert (output / ADAPTER_DIR / "adapter.safetensors").is_file()
+    # the exported adapter is the best epoch's, not the last one's, and scores what it claims
+    assert results.extra[EXTRA_ADAPTER] == ADAPTER_DIR
+    assert results.extra[EXTRA_ADAPTER_EPOCH] == results.best_epoch
+    assert abs(results.extra[EXTRA_ADAPTER_IOU] - results.best_iou) < 1e-4
+    for name in ("best_iou.png", "report.md", "pictures.png", "iou_over_time.png"):
+        assert (output / name).is_file(), name
     client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("qtt-ray").experiment_id])
     assert {r.info.status for r in runs} <= {"FINISHED", "KILLED", "FAILED"}

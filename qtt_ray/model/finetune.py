@@ -8,6 +8,10 @@ epoch e + 1 bit for bit as an uninterrupted one would (same device and library v
 Randomness: augmentation, shuffling and box jitter draw from a numpy Generator; LoRA dropout
 draws from torch's global RNG, which is swapped in and out around each epoch so that trials
 sharing a process (Ray actor reuse) never disturb each other.
+
+Best epoch: every evaluation that beats the trial's best so far keeps a CPU copy of the tuned
+weights (small: LoRA + decoder), carried in the training state, so the exported adapter is the
+best epoch's even when training went on past it.
 """
 
 from __future__ import annotations
@@ -70,6 +74,9 @@ class FineTuner:
         self.augment = AugmentSpec.from_config(self.config)
         self.epoch = 0
         self.diverged = False
+        self.best_epoch = 0  # 0: no evaluated epoch yet
+        self.best_iou = float("nan")
+        self._best_weights: dict[str, torch.Tensor] | None = None
 
         base = base if base is not None else build_model(spec, "cpu")
         model = copy.deepcopy(base).to(self.device)
@@ -173,7 +180,16 @@ class FineTuner:
         if self.schedule.name == "plateau" and self._plateau_epoch < self.epoch:
             self.schedule.after_epoch(metrics["val_loss"])
             self._plateau_epoch = self.epoch
+        self._note_best(float(metrics["iou"]))
         return metrics
+
+    def _note_best(self, iou: float) -> None:
+        """Keep the weights of the best evaluated epoch (earliest wins ties, as in results)."""
+        if self.epoch < 1 or self.diverged or not math.isfinite(iou):
+            return
+        if self._best_weights is None or iou > self.best_iou:
+            self.best_epoch, self.best_iou = self.epoch, iou
+            self._best_weights = trainable_state(self.model)
 
     @property
     def lr(self) -> float:
@@ -194,6 +210,10 @@ class FineTuner:
             "scheduler": self.schedule.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": self._torch_state,
+            "best_epoch": self.best_epoch,
+            "best_iou": self.best_iou,
+            # the current weights ARE the best ones while the last epoch is the best: no copy
+            "best_weights": None if self.best_epoch == self.epoch else self._best_weights,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -211,17 +231,40 @@ class FineTuner:
         self._plateau_epoch = int(state["plateau_epoch"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self._torch_state = {k: v.clone() for k, v in state["torch_rng"].items()}
+        self.best_epoch = int(state.get("best_epoch", 0))
+        self.best_iou = float(state.get("best_iou", float("nan")))
+        best = state.get("best_weights")
+        if best is not None:
+            self._best_weights = {k: v.clone() for k, v in best.items()}
+        elif self.best_epoch and self.best_epoch == self.epoch:
+            self._best_weights = trainable_state(self.model)
+        else:
+            self._best_weights = None
 
     def export_adapter(self, directory: str | Path) -> Path:
         """The tuned weights + config + ModelSpec, enough for ``load_adapter`` to rebuild."""
         return export_adapter(self.model, self.spec, self.config, directory, self.seed,
                               {"epoch": self.epoch})
 
+    def export_best_adapter(self, directory: str | Path) -> Path:
+        """The adapter of the best evaluated epoch (the current weights if none was evaluated);
+        the model keeps training from its current weights afterwards."""
+        if self._best_weights is None:
+            return self.export_adapter(directory)
+        current = trainable_state(self.model)
+        load_trainable_state(self.model, self._best_weights)
+        try:
+            return export_adapter(self.model, self.spec, self.config, directory, self.seed,
+                                  {"epoch": self.best_epoch, "iou": self.best_iou})
+        finally:
+            load_trainable_state(self.model, current)
+
     def save(self, directory: str | Path) -> None:
         """``state_dict`` as safetensors + JSON under ``directory``."""
         save_state(self.state_dict(), directory)
 
     def load(self, directory: str | Path) -> None:
+        """Load a saved state; ``CheckpointError`` when the folder is incomplete or corrupt."""
         self.load_state_dict(load_state(directory))
 
     # -- RNG plumbing -----------------------------------------------------------------------

@@ -3,6 +3,9 @@
 Optimizer and scheduler state dicts are trees of dicts/lists/tuples with tensors and plain
 numbers as leaves; each tensor is moved to the safetensors file and replaced in the JSON tree by
 a reference. No pickle anywhere, and the JSON half stays readable.
+
+Integrity: a manifest (``qtt_ray.integrity``) with the size and sha256 of both files is written
+last, and ``load_state`` checks it before reading anything (``CheckpointError``).
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from qtt_ray.integrity import MANIFEST, CheckpointError, verify_manifest, write_manifest
+
+__all__ = ["MANIFEST", "CheckpointError", "load_state", "save_state"]
+
 TENSORS = "state.safetensors"
 TREE = "state.json"
 _REF = "__tensor__"
 _TUPLE = "__tuple__"
 _FLOAT = "__float__"
 _INTKEYS = "__intkeys__"
-
-
 def save_state(state: dict[str, Any], directory: str | Path) -> None:
     """Write ``state`` under ``directory`` (created if needed)."""
     folder = Path(directory)
@@ -31,11 +36,13 @@ def save_state(state: dict[str, Any], directory: str | Path) -> None:
     tree = _split(state, tensors)
     save_file(tensors, str(folder / TENSORS))
     (folder / TREE).write_text(json.dumps(tree, indent=1))
+    write_manifest(folder, [TENSORS, TREE])
 
 
 def load_state(directory: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read what ``save_state`` wrote."""
+    """Read what ``save_state`` wrote, after checking it against its manifest."""
     folder = Path(directory)
+    verify_manifest(folder)
     tensors = load_file(str(folder / TENSORS), device=str(device))
     return _join(json.loads((folder / TREE).read_text()), tensors)
 

@@ -192,6 +192,8 @@ class FreezeThawController:
         "continue": the trial restarted from a checkpoint older than what the policy was told
         (an interruption between a result and its pause checkpoint): it trains on, untold,
         until it reaches the decided epoch (Tune's ``training_iteration`` survives restores).
+        A diverged epoch (``diverged`` true, the score NaN) is told to the policy as a bad score
+        and stops the trial.
         """
         decision = self._in_flight.get(ray_trial_id)
         iteration = result.get("training_iteration")
@@ -212,7 +214,12 @@ class FreezeThawController:
         remaining = self.clock.remaining()
         if remaining is not None and remaining <= 0:
             self.finish()
-        if self._exhausted or decision.epoch >= self.max_epochs or self._policy_done(decision):
+        if (
+            self._exhausted
+            or decision.epoch >= self.max_epochs
+            or bool(result.get("diverged", False))  # NaN loss: no later epoch can train
+            or self._policy_done(decision)
+        ):
             self._closed.add(ray_trial_id)
             return "stop"
         return "pause"

@@ -6,12 +6,19 @@ recorded score as ``iou`` and the recorded seconds as ``epoch_s`` (and may sleep
 amount of them, to exercise real concurrency). Which curve: the config's ``_run_id`` if present,
 else the run whose configuration has the same ``config_key``. An epoch beyond the recording
 reports NaN at no cost (the recorded run ended there), like the replay benchmark's clock.
+
+Fault injection, for the fault-tolerance tests and benchmarks (hidden ``_fault_*`` config keys,
+never set by a searcher): at epoch ``_fault_epoch`` the step raises (``raise``), kills its own
+process (``exit``, like a lost node or a killed actor) or diverges (``nan``: NaN from there on);
+``_fault_times`` bounds how often it strikes across retries, counted in files under
+``_fault_dir`` because a retried trial may run in a fresh process.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,11 +27,59 @@ from typing import Any
 import ray
 from ray import tune
 
+from qtt_ray.integrity import verify_manifest, write_manifest
 from qtt_ray.meta.dataset import MetaDataset
 from qtt_ray.space import config_key
+from qtt_ray.trainables.checkpoints import load_with_fallback
+from qtt_ray.trainables.process import process_metrics
 
 RUN_ID_KEY = "_run_id"
+FAULT_EPOCH_KEY = "_fault_epoch"
+FAULT_KIND_KEY = "_fault_kind"  # raise | exit | nan
+FAULT_TIMES_KEY = "_fault_times"
+FAULT_DIR_KEY = "_fault_dir"
+FAULT_KINDS = ("raise", "exit", "nan")
 _STATE_FILE = "replay_state.json"
+
+
+class InjectedFault(RuntimeError):
+    """The failure a test asked for (``_fault_kind`` raise)."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """When and how a replayed trial fails (see the module docstring)."""
+
+    epoch: int
+    kind: str
+    times: int = 1
+    folder: str | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> FaultPlan | None:
+        if FAULT_EPOCH_KEY not in config:
+            return None
+        kind = str(config.get(FAULT_KIND_KEY, "raise"))
+        if kind not in FAULT_KINDS:
+            raise ReplayError(f"{FAULT_KIND_KEY}={kind!r}; choose one of {', '.join(FAULT_KINDS)}")
+        folder = config.get(FAULT_DIR_KEY)
+        return cls(int(config[FAULT_EPOCH_KEY]), kind, int(config.get(FAULT_TIMES_KEY, 1)),
+                   None if folder is None else str(folder))
+
+    def strikes(self, run_id: str, epoch: int) -> bool:
+        """True when the fault hits this epoch (and counts it, if counted)."""
+        if self.kind == "nan":
+            return epoch >= self.epoch
+        if epoch != self.epoch:
+            return False
+        if self.folder is None:
+            return True
+        counter = Path(self.folder, f"{run_id}.count")
+        done = int(counter.read_text()) if counter.is_file() else 0
+        if done >= self.times:
+            return False
+        counter.write_text(str(done + 1))
+        return True
 
 
 class ReplayError(ValueError):
@@ -75,6 +130,7 @@ class ReplayTrainable(tune.Trainable):
     def _start(self, config: dict[str, Any]) -> None:
         self._run_id = self._curves.run_for(config)
         self._epoch = 0
+        self._fault = FaultPlan.from_config(config)
 
     def step(self) -> dict[str, Any]:
         scores = self._curves.scores[self._run_id]
@@ -82,9 +138,17 @@ class ReplayTrainable(tune.Trainable):
             score, cost = scores[self._epoch], self._curves.costs[self._run_id][self._epoch]
         else:  # the recording ended there: NaN at no cost, as in the replay benchmark
             score, cost = float("nan"), 0.0
+        if self._time_scale > 0:
+            time.sleep(cost * self._time_scale / 2)
+        if self._fault is not None and self._fault.strikes(self._run_id, self._epoch + 1):
+            if self._fault.kind == "raise":
+                raise InjectedFault(f"injected fault in epoch {self._epoch + 1}")
+            if self._fault.kind == "exit":
+                os._exit(17)  # the actor process dies mid-epoch, like a lost node
+            score = float("nan")
         self._epoch += 1
         if self._time_scale > 0:
-            time.sleep(cost * self._time_scale)
+            time.sleep(cost * self._time_scale / 2)
         diverged = not math.isfinite(score)
         return {
             "iou": score,
@@ -96,18 +160,28 @@ class ReplayTrainable(tune.Trainable):
             "epoch_s": cost,
             "diverged": diverged,
             "node_id": ray.get_runtime_context().get_node_id(),  # where the epoch ran
+            **process_metrics(),
         }
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         state = {"run_id": self._run_id, "epoch": self._epoch}
         Path(checkpoint_dir, _STATE_FILE).write_text(json.dumps(state))
+        write_manifest(checkpoint_dir, [_STATE_FILE])
 
     def load_checkpoint(self, checkpoint: str | dict | None) -> None:
         if not isinstance(checkpoint, str):
             raise ReplayError("the replay trainable restores from a checkpoint directory only")
-        state = json.loads(Path(checkpoint, _STATE_FILE).read_text())
-        self._run_id = str(state["run_id"])
-        self._epoch = int(state["epoch"])
+
+        def load(folder: str) -> int:
+            verify_manifest(folder)
+            state = json.loads(Path(folder, _STATE_FILE).read_text())
+            self._run_id = str(state["run_id"])
+            self._epoch = int(state["epoch"])
+            return self._epoch
+
+        epoch, fallback = load_with_fallback(checkpoint, load, getattr(self, "_storage", None))
+        if fallback is not None:
+            self._iteration = epoch  # Tune set it from the broken checkpoint's metadata
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Actor reuse: serve another trial (its checkpoint, if any, is loaded after this)."""

@@ -3,8 +3,10 @@
 Dataset, base model and validation examples are loaded once per actor (``setup``) and reused by
 every trial the actor serves (``reset_config`` with ``reuse_actors=True``); each trial trains a
 fresh deep copy of the base. Pausing saves only the small training state (LoRA + decoder,
-optimizer, schedule, RNGs), and a resumed trial trains exactly the epoch an uninterrupted one
-would.
+optimizer, schedule, RNGs, and the best epoch's weights for the export), and a resumed trial
+trains exactly the epoch an uninterrupted one would. A corrupt checkpoint falls back to the
+trial's previous one (``checkpoints.load_with_fallback``). A diverged epoch reports ``iou`` NaN
+(a bad score for the policy, never a crash).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from qtt_ray.data import load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.evaluate import prompted_examples
 from qtt_ray.model.finetune import FineTuner
+from qtt_ray.trainables.checkpoints import load_with_fallback
+from qtt_ray.trainables.process import process_metrics
 from qtt_ray.trainables.settings import RunSettings
 
 
@@ -54,23 +58,33 @@ class SAM2Trainable(tune.Trainable):
         start = time.perf_counter()
         train = self.tuner.train_epoch()
         val = self.tuner.evaluate()
+        diverged = bool(train["diverged"])
         return {
-            "iou": val["iou"],
+            "iou": float("nan") if diverged else val["iou"],
             "loss": train["loss"],
             "val_loss": val["val_loss"],
             "epoch": self.tuner.epoch,
             "train_s": train["train_s"],
             "eval_s": val["eval_s"],
             "epoch_s": time.perf_counter() - start,
-            "diverged": train["diverged"],
+            "diverged": diverged,
             "lr": self.tuner.lr,
+            "best_epoch": self.tuner.best_epoch,
+            "best_iou": self.tuner.best_iou,
+            **process_metrics(),
         }
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         self.tuner.save(checkpoint_dir)
 
     def load_checkpoint(self, checkpoint: str | Path) -> None:
-        self.tuner.load(checkpoint)
+        def load(folder: str) -> int:
+            self.tuner.load(folder)
+            return self.tuner.epoch
+
+        epoch, fallback = load_with_fallback(checkpoint, load, getattr(self, "_storage", None))
+        if fallback is not None:
+            self._iteration = epoch  # Tune set it from the broken checkpoint's metadata
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
         """Actor reuse: drop the old trial's model and optimizer, start the new one fresh."""

@@ -1,0 +1,115 @@
+"""Replay harness: the simulated clock, and a smoke run of the CLI on the real SAM2 curves."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qtt_ray.bench.__main__ import main
+from qtt_ray.bench.clock import ClockRules, replay
+from qtt_ray.bench.peers import Hyperband, RandomFull
+from qtt_ray.bench.replay import budget_label, draw_pool, full_training_cost
+from qtt_ray.meta.dataset import Run
+from qtt_ray.space import SAM2_SPACE
+
+CONFIGS = SAM2_SPACE.sample_many(6, seed=0)
+
+
+def pool(epochs: int = 3) -> list[Run]:
+    return [
+        Run(f"r{i}", "d", c, [0.1 * (i + 1) + 0.01 * e for e in range(epochs)],
+            [10.0 + i] * epochs)
+        for i, c in enumerate(CONFIGS)
+    ]
+
+
+def test_clock_adds_recorded_costs_and_overheads() -> None:
+    runs = pool()
+    rules = ClockRules(start_overhead_s=5.0, resume_overhead_s=2.0, count_decision_time=False)
+    trace = replay(lambda: RandomFull(CONFIGS, 3, seed=0), runs, horizon_s=1e9, rules=rules)
+    order = np.random.default_rng(0).permutation(6).tolist()
+    expected, clock = [], 0.0
+    for trial in order:  # trained back to back: only the start overhead, no resume overhead
+        for epoch in range(3):
+            clock += runs[trial].costs[epoch] + (5.0 if epoch == 0 else 0.0)
+            expected.append(clock)
+    assert trace.times == pytest.approx(expected)
+    assert trace.scores[:3] == pytest.approx(list(runs[order[0]].scores))
+    assert trace.incumbent_at(expected[2]) == pytest.approx(runs[order[0]].scores[2])
+
+
+def test_resume_overhead_is_charged_when_a_paused_trial_comes_back() -> None:
+    runs = pool(epochs=10)
+    rules = ClockRules(start_overhead_s=0.0, resume_overhead_s=100.0, count_decision_time=False)
+    trace = replay(lambda: Hyperband(CONFIGS, 10, seed=0), runs, 1e9, rules)
+    plain = replay(lambda: Hyperband(CONFIGS, 10, seed=0), runs, 1e9, ClockRules(0, 0, False))
+    resumes = sum(1 for i in range(1, len(trace.trials))
+                  if trace.epochs[i] > 1 and trace.trials[i] != trace.trials[i - 1])
+    assert resumes >= 1
+    assert trace.end_s == pytest.approx(plain.end_s + 100.0 * resumes)
+
+
+def test_decision_time_is_counted_and_reported() -> None:
+    trace = replay(lambda: RandomFull(CONFIGS, 3, seed=0), pool(), 1e9, ClockRules())
+    assert trace.end_s == pytest.approx(sum(sum(r.costs) for r in pool()) + sum(trace.decision_s))
+    assert all(d >= 0 for d in trace.decision_s)
+
+
+def test_horizon_stops_the_replay_and_short_curves_end_trials() -> None:
+    runs = pool(epochs=2)  # the searcher asks for epoch 3: told NaN at no cost
+    trace = replay(lambda: RandomFull(CONFIGS, 3, seed=0), runs, 1e9, ClockRules(0, 0, False))
+    assert sum(math.isnan(s) for s in trace.scores) == 6
+    short = replay(lambda: RandomFull(CONFIGS, 3, seed=0), runs, 25.0, ClockRules(0, 0, False))
+    assert short.end_s >= 25.0 and len(short.times) < len(trace.times)
+
+
+def test_pool_budget_helpers() -> None:
+    runs = pool()
+    assert draw_pool(runs, 10, seed=1) == runs
+    drawn = draw_pool(runs, 4, seed=1)
+    assert len(drawn) == 4 and drawn == draw_pool(runs, 4, seed=1)
+    assert full_training_cost(runs, 10) == pytest.approx(np.median([100 + 10 * i
+                                                                    for i in range(6)]))
+    assert budget_label(60.0, False) == "60" and budget_label(0.25, True) == "0.25x"
+
+
+def test_cli_smoke_run_on_the_sam2_curves(shared_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench"
+    code = main(["replay", "--train-meta", str(shared_dir / "meta" / "qttseg_sam2_curves.csv"),
+                 "--datasets", "polyp", "--seeds", "1", "--budgets", "120",
+                 "--methods", "random", "zero-shot", "quicktune-no-meta", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"random", "zero-shot", "quicktune-no-meta"}
+    for by_budget in results.values():
+        cell = by_budget["120"]
+        assert 0.0 <= cell["regret_ci_low"] <= cell["regret_mean"] <= cell["regret_ci_high"] <= 1
+        assert 1.0 <= cell["rank_mean"] <= 3.0 and cell["iou_gap_mean"] >= 0
+        assert cell["episodes"] == 1
+    episodes = json.loads((out / "episodes.json").read_text())
+    assert {e["pool"] for e in episodes} == {47}  # all polyp runs (fewer than --pool-size)
+    assert (out / "regret_over_time.png").stat().st_size > 10_000
+    assert "| zero-shot |" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_input_with_exit_code_2(tmp_path: Path, capsys) -> None:
+    assert main(["replay", "--methods", "bogus", "--out", str(tmp_path)]) == 2
+    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert main(["replay", "--train-meta", str(tmp_path / "x.txt"), "--out", str(tmp_path)]) == 2
+    assert "not a meta-dataset" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_meta_trained_quicktune_replays(shared_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    argv = ["replay", "--train-meta", str(shared_dir / "meta" / "qttseg_sam2_curves.csv"),
+            "--datasets", "leaf", "--seeds", "1", "--budgets", "60", "--methods", "random",
+            "quicktune", "--out", str(out)]
+    assert main(argv) == 0
+    assert list((out / "cache").glob("predictors-*/predictors.json"))  # cached per fold
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["quicktune"]["60"]["regret_mean"] <= 1.0

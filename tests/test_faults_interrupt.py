@@ -1,0 +1,121 @@
+"""Ctrl-C during ``python -m qtt_ray.tune`` and ``--resume`` end to end (replayed curves).
+
+The run is a real subprocess with the real Ray runtime; the hidden ``--replay-*`` options make
+every decision deterministic (a simulated budget clock), so an interrupted + resumed run must
+train exactly the epochs of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray_fixtures import synthetic_meta
+
+from qtt_ray.core import untrained_predictors
+from qtt_ray.meta.schema import write_meta
+from qtt_ray.results import read_results
+from qtt_ray.space import SAM2_SPACE, config_key
+
+REPO = Path(__file__).resolve().parents[1]
+PROG = [sys.executable, "-m", "qtt_ray.tune"]
+EPOCHS = re.compile(r"\| (\d+) epochs? \|")
+
+
+@pytest.fixture(scope="module")
+def replay_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("replay")
+    meta = synthetic_meta(12)
+    write_meta(meta, folder / "meta.parquet")
+    predictors = untrained_predictors(SAM2_SPACE, meta.meta_feature_names).save(folder / "pred")
+    return folder / "meta.parquet", Path(predictors)
+
+
+def replay_args(inputs: tuple[Path, Path], output: Path, time_scale: float) -> list[str]:
+    meta, predictors = inputs
+    return ["--replay-meta", str(meta), "--replay-dataset", "synthetic", "--predictors",
+            str(predictors), "--searcher", "quicktune", "--budget", "300", "--output",
+            str(output), "--replay-time-scale", str(time_scale)]
+
+
+def curves(output: Path) -> dict[str, list[float]]:
+    """Per configuration, the IoU of every epoch it trained."""
+    results = read_results(output / "results.json")
+    return {config_key(t.config): [round(v, 9) for v in t.iou] for t in results.trials}
+
+
+def mlflow_statuses(output: Path) -> tuple[list[str], list[str]]:
+    """(statuses of parent runs, statuses of trial runs)."""
+    client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("qtt-ray")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r.info.status for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return parents, [r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(replay_inputs, tmp_path) -> None:
+    reference = tmp_path / "reference"
+    done = subprocess.run([*PROG, *replay_args(replay_inputs, reference, 0.0), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    output = tmp_path / "interrupted"
+    proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        match = EPOCHS.search(line)
+        if match and int(match.group(1)) >= 4:
+            break
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.wait(timeout=60)
+    stop_s = time.monotonic() - sent
+    print(f"Ctrl-C stop latency {stop_s:.2f} s")
+    err = "".join(seen) + rest
+    assert proc.returncode == 130, err[-3000:]
+    assert stop_s < 15
+    assert f"--resume {output}" in err
+    assert not (output / "results.json").exists()
+    parents, children = mlflow_statuses(output)
+    assert parents == ["KILLED"]  # not FINISHED: the run did not finish
+    assert children and set(children) <= {"KILLED", "FINISHED"}  # FINISHED: trials done before
+    assert "KILLED" in children  # the paused ones
+    run = json.loads((output / "run.json").read_text())
+    assert run["interruptions"] == 1 and 0 < run["spent_s"]
+
+    resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(output) == curves(reference)  # same epochs, nothing lost or re-counted
+    results = read_results(output / "results.json")
+    assert results.extra["interruptions"] == 1
+    parents, children = mlflow_statuses(output)
+    assert parents == ["FINISHED"]  # the same parent run continued and finished
+    assert len(children) == len(results.trials)  # the same trial runs continued, no duplicates
+    assert set(children) <= {"KILLED", "FINISHED"}
+
+
+def test_resume_refuses_another_dataset_or_model(replay_inputs, tmp_path, capsys) -> None:
+    from qtt_ray import tune
+
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "run.json").write_text(json.dumps({
+        "settings": {}, "searcher": "random", "budget_s": 10, "storage": str(tmp_path),
+        "experiment": "x", "options": {"data": "/data/a", "model": "micro"}}))
+    for option, value in (("--data", "/data/b"), ("--model", "tiny")):
+        code = tune.main(["--resume", str(output), option, value])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and option in err[-1] and "--resume" in err[-1]

@@ -1,0 +1,211 @@
+"""Faults inside trials, in the real Ray runtime (replayed curves, real actors and checkpoints).
+
+A trial that raises or whose actor process dies mid-epoch is retried from its last checkpoint
+(``FailureConfig(max_failures)``); past the limit it is marked failed and the search goes on; a
+diverged configuration is a bad score, not a crash; a corrupt checkpoint is detected by its
+manifest and the trial continues from its previous checkpoint. In every case no completed epoch
+is lost or counted twice: the driver's curves equal the recorded ones, epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+from ray_fixtures import ray_session, synthetic_meta  # noqa: F401
+
+from qtt_ray.bench.peers import OrderedFull
+from qtt_ray.integrity import MANIFEST
+from qtt_ray.searchers import SimulatedClock, make_search
+from qtt_ray.tracking import TrialRecorder
+from qtt_ray.trainables.replay_trainable import (
+    FAULT_DIR_KEY,
+    FAULT_EPOCH_KEY,
+    FAULT_KIND_KEY,
+    FAULT_TIMES_KEY,
+    RUN_ID_KEY,
+    ReplayCurves,
+    ReplayTrainable,
+)
+
+CONFIGS = 3  # trained fully one after the other: 30 epochs, a pause after each
+
+
+class Watch(Callback):
+    """Every (trial, training_iteration) result, in order, and the trials' recoveries."""
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, int]] = []
+        self.recoveries: list[str] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+        self.results.append((trial.trial_id, int(result["training_iteration"])))
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        self.recoveries.append(trial.trial_id)
+
+
+def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failures: int,
+        extra_callbacks: list[Callback] | None = None) -> tuple[Any, Any, TrialRecorder, Watch]:
+    meta = synthetic_meta(CONFIGS)
+    pool = meta.runs
+    fault_dir = tmp_path / f"{name}-faults"
+    fault_dir.mkdir()
+    extras = {
+        i: {RUN_ID_KEY: r.run_id, **({FAULT_DIR_KEY: str(fault_dir), **faults[i]}
+                                     if i in faults else {})}
+        for i, r in enumerate(pool)
+    }
+    setup = make_search(
+        "quicktune", space=meta.space, slots=1,
+        policy_factory=functools.partial(OrderedFull, [r.config for r in pool], 10, 0,
+                                         list(range(CONFIGS))),
+        clock=SimulatedClock(None, 1), trial_extras=extras,
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
+                             time_scale=0.002), {"cpu": 1})
+    recorder, watch = TrialRecorder(), Watch()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=setup.search_alg, scheduler=setup.scheduler,
+                                    num_samples=-1, reuse_actors=True, metric="iou",
+                                    mode="max"),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(tmp_path), stop=setup.stop, verbose=0,
+            callbacks=[recorder, watch, *(extra_callbacks or [])],
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    grid = tuner.fit()
+    return grid, setup, recorder, watch
+
+
+def assert_curves_are_the_recorded_ones(setup: Any, recorder: TrialRecorder) -> None:
+    meta = synthetic_meta(CONFIGS)
+    for record in recorder.records():
+        run_ = meta.runs[setup.controller.policy_trial_of(record.trial_id)]
+        expected = [float(v) for v in run_.scores[: record.epochs]]
+        assert [v for v in record.iou if math.isfinite(v)] == expected[: len(
+            [v for v in record.iou if math.isfinite(v)])]
+
+
+def test_a_trial_that_raises_mid_epoch_is_retried_from_its_checkpoint(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    faults = {1: {FAULT_EPOCH_KEY: 4, FAULT_KIND_KEY: "raise", FAULT_TIMES_KEY: 2}}
+    grid, setup, recorder, watch = run(tmp_path, "raise", faults, max_failures=3)
+    assert not grid.errors
+    assert len(watch.recoveries) == 2  # two injected failures, two retries
+    records = recorder.records()
+    assert [r.epochs for r in records] == [10, 10, 10]  # nothing lost
+    assert all(r.status == Trial.TERMINATED for r in records)
+    assert_curves_are_the_recorded_ones(setup, recorder)
+    assert len(setup.controller.history) == 30  # every epoch decided and told exactly once
+
+
+def test_a_trial_failing_past_the_limit_is_marked_failed_and_the_search_goes_on(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    faults = {0: {FAULT_EPOCH_KEY: 3, FAULT_KIND_KEY: "raise", FAULT_TIMES_KEY: 100}}
+    grid, setup, recorder, watch = run(tmp_path, "fails", faults, max_failures=1)
+    failed = [r for r in recorder.records() if r.status == Trial.ERROR]
+    assert len(failed) == 1 and failed[0].epochs == 2  # its completed epochs are kept
+    assert len(grid.errors) == 1
+    others = [r for r in recorder.records() if r.status != Trial.ERROR]
+    assert [r.epochs for r in others] == [10, 10]  # the search went on, no deadlock
+    policy = setup.controller.policy
+    failed_id = setup.controller.policy_trial_of(failed[0].trial_id)
+    assert math.isnan(policy.curves[failed_id][-1])  # told as a failed (NaN) epoch
+    assert not policy.available(failed_id)  # never handed out again
+
+
+def test_an_actor_process_that_dies_is_replaced_and_the_trial_resumes(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    faults = {2: {FAULT_EPOCH_KEY: 5, FAULT_KIND_KEY: "exit", FAULT_TIMES_KEY: 1}}
+    grid, setup, recorder, watch = run(tmp_path, "exit", faults, max_failures=2)
+    assert not grid.errors and len(watch.recoveries) == 1
+    assert [r.epochs for r in recorder.records()] == [10, 10, 10]
+    assert_curves_are_the_recorded_ones(setup, recorder)
+
+
+class KillActor(Callback):
+    """``ray.kill`` the actor of the ``nth`` started trial run (a trial start after a pause)."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth = nth
+        self.starts = 0
+        self.killed = False
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        self.starts += 1
+        actor = trial.temporary_state.ray_actor
+        if self.starts == self.nth and actor is not None:
+            ray.kill(actor)
+            self.killed = True
+
+
+def test_ray_kill_of_a_trial_actor_is_recovered(ray_session, tmp_path) -> None:  # noqa: F811
+    killer = KillActor(nth=6)
+    grid, setup, recorder, watch = run(tmp_path, "kill", {}, max_failures=2,
+                                       extra_callbacks=[killer])
+    assert killer.killed and watch.recoveries
+    assert not grid.errors
+    assert [r.epochs for r in recorder.records()] == [10, 10, 10]
+    assert_curves_are_the_recorded_ones(setup, recorder)
+
+
+def test_a_diverged_configuration_is_a_bad_score_not_a_crash(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    faults = {0: {FAULT_EPOCH_KEY: 3, FAULT_KIND_KEY: "nan"}}
+    grid, setup, recorder, watch = run(tmp_path, "nan", faults, max_failures=0)
+    assert not grid.errors
+    diverged = recorder.records()[0]
+    assert diverged.epochs == 3 and math.isnan(diverged.iou[-1])  # stopped at the NaN epoch
+    assert diverged.status == Trial.TERMINATED
+    assert [r.epochs for r in recorder.records()[1:]] == [10, 10]
+    policy = setup.controller.policy
+    assert math.isnan(policy.curves[0][-1]) and not policy.available(0)
+
+
+class CorruptCheckpoint(Callback):
+    """Truncate the ``nth`` checkpoint's state file once it is saved (a bad disk write)."""
+
+    def __init__(self, nth: int) -> None:
+        self.nth = nth
+        self.seen = 0
+        self.corrupted: Path | None = None
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:  # noqa: ANN001
+        self.seen += 1
+        if self.seen == self.nth:
+            folder = Path(checkpoint.path)
+            state = next(p for p in folder.iterdir() if p.name.endswith(".json")
+                         and p.name != MANIFEST)
+            state.write_text(state.read_text()[:5])
+            self.corrupted = folder
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    corrupt = CorruptCheckpoint(nth=4)  # trial 1 paused after epoch 4: resumes from epoch 3
+    grid, setup, recorder, watch = run(tmp_path, "corrupt", {}, max_failures=0,
+                                       extra_callbacks=[corrupt])
+    assert corrupt.corrupted is not None
+    assert not grid.errors
+    first = recorder.records()[0].trial_id
+    iterations = [i for t, i in watch.results if t == first]
+    assert iterations == [1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10]  # epoch 4 re-trained once
+    assert [r.epochs for r in recorder.records()] == [10, 10, 10]
+    assert_curves_are_the_recorded_ones(setup, recorder)
+    assert len(setup.controller.history) == 30
