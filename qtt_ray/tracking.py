@@ -43,6 +43,9 @@ class TrialRecorder(Callback):
         self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
         self._starts: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
+        # (start, end) wall time of every step that reported them: the gaps between consecutive
+        # steps on one slot are the pause -> resume latency (decision, checkpoint, actor switch)
+        self.step_spans: list[tuple[float, float]] = []
 
     def elapsed(self) -> float:
         if self.started_at is None:
@@ -80,6 +83,10 @@ class TrialRecorder(Callback):
         record.iou.append(value)
         record.epoch_s.append(_float(result.get("epoch_s", result.get("time_this_iter_s"))))
         record.train_s.append(_float(result.get("train_s", result.get("time_this_iter_s"))))
+        if "step_started_unix" in result and "step_ended_unix" in result:
+            self.step_spans.append(
+                (float(result["step_started_unix"]), float(result["step_ended_unix"]))
+            )
         best = self.best_iou()
         if best is not None:
             self.timeline.append((self.elapsed(), best))
@@ -112,6 +119,7 @@ class TrialRecorder(Callback):
             "timeline": [list(p) for p in self.timeline],
             "elapsed_s": self.elapsed(),
             "checkpoints": dict(self.checkpoints),
+            "step_spans": [list(span) for span in self.step_spans],
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -119,7 +127,13 @@ class TrialRecorder(Callback):
         self.timeline = [(float(a), float(b)) for a, b in state["timeline"]]
         self.spent_before = float(state.get("elapsed_s", 0.0))
         self.checkpoints = dict(state.get("checkpoints", {}))
+        self.step_spans = [(float(a), float(b)) for a, b in state.get("step_spans", [])]
         self.started_at = None
+
+    def step_gaps(self) -> list[float]:
+        """Seconds between one step's end and the next step's start (meaningful with one slot)."""
+        spans = sorted(self.step_spans)
+        return [max(0.0, nxt[0] - prev[1]) for prev, nxt in zip(spans, spans[1:], strict=False)]
 
 
 class MlflowTracker(Callback):

@@ -166,12 +166,32 @@ def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
 def make_quicktune_policy(
     predictors_dir: str, pool: list[dict], meta_features: dict[str, float], seed: int
 ) -> Any:
-    from qtt_ray.core import Predictors, QuickTunePolicy
+    from qtt_ray.core import QuickTunePolicy
     from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE
 
-    predictors = Predictors.load(predictors_dir, SAM2_SPACE, sorted(meta_features))
-    return QuickTunePolicy(SAM2_SPACE, pool, meta_features, predictors,
+    predictors, features = load_predictors_for(predictors_dir, meta_features)
+    return QuickTunePolicy(SAM2_SPACE, pool, features, predictors,
                            max_epochs=MAX_EPOCHS, seed=seed)
+
+
+def load_predictors_for(predictors_dir: str | Path, meta_features: dict[str, float]) -> Any:
+    """The artefact and the subset of the dataset's meta-features it was trained on.
+
+    A dataset may describe itself with more features than the meta-data had (the shipped
+    predictors know the paper's five); the extra ones are ignored, missing ones are an error.
+    """
+    from qtt_ray.core import PredictorError, Predictors
+    from qtt_ray.space import SAM2_SPACE
+
+    predictors = Predictors.load(predictors_dir, SAM2_SPACE)
+    needed = list(predictors.spec.meta_feature_names)
+    missing = sorted(set(needed) - set(meta_features))
+    if missing:
+        raise PredictorError(
+            f"{predictors_dir}: predictors need meta-features {missing} that this dataset does "
+            "not provide; retrain them on meta-data with the features of qtt_ray.data"
+        )
+    return predictors, {name: float(meta_features[name]) for name in needed}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -296,10 +316,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
             f"dataset/model now give {dataset_fingerprint(prep)}; start a new run"
         )
     if predictors is not None:
-        from qtt_ray.core import Predictors
-        from qtt_ray.space import SAM2_SPACE
-
-        Predictors.load(predictors, SAM2_SPACE, sorted(prep.meta_features))
+        load_predictors_for(predictors, dict(prep.meta_features or {}))
     return prep
 
 
@@ -594,7 +611,8 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
               startup_s: float, elapsed: float, recorder: Any, setup: Any) -> Results:
     trials: list[TrialRecord] = recorder.records()
     best_trial, best_epoch, best_iou = best_of(trials)
-    train_s = sum(sum(v for v in t.train_s if math.isfinite(v)) for t in trials)
+    # "inside trial steps": the whole step (training + validation), as the issue defines train_s
+    train_s = sum(sum(v for v in t.epoch_s if math.isfinite(v)) for t in trials)
     controller = getattr(setup, "controller", None)
     extra: dict[str, Any] = {"device": "cpu" if prep.replay else prep.settings.resolved_device(),
                              # (tuning seconds, best IoU so far) at each result: compare.py
@@ -606,6 +624,10 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
     if controller is not None:
         extra["decision_s"] = sum(controller.decision_s)
         extra["decisions"] = len(controller.history)
+        extra["decision_median_s"] = _median(controller.decision_s)
+    gaps = recorder.step_gaps()
+    if gaps:
+        extra["step_gap_median_s"] = _median(gaps)  # pause -> resume latency with one slot
     return Results(
         searcher=prep.searcher, dataset=prep.dataset_name, model=prep.model_name,
         seed=args.seed if prep.saved is None else int(prep.saved["options"]["seed"]),
@@ -705,6 +727,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_cli(PROG, lambda: tune_main(args, given_options(parser, argv)))
+
+
+
+def _median(values: list[float]) -> float | None:
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ COLLECTOR = "qtt_ray.meta collect"
 Log = Callable[[str], None]
 
 
+def print_line(message: str) -> None:
+    """The default log: looks ``print`` up at call time, so the Tune callback that holds it
+    still pickles when something (a test's capture, Ray's log redirection) has replaced it."""
+    print(message)
+
+
 class CollectError(CliError):
     """A collection option that cannot work as given; the message names the option and fix."""
 
@@ -352,7 +358,7 @@ def collect(
     gpus_per_trial: float | None = None,
     cpus_per_trial: int | None = None,
     storage: str | None = None,
-    log: Log = print,
+    log: Log = print_line,
 ) -> CollectSummary:
     """Train every missing (dataset, configuration) pair for ``epochs`` epochs and record it.
 

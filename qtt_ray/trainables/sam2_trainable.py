@@ -55,6 +55,7 @@ class SAM2Trainable(tune.Trainable):
         )
 
     def step(self) -> dict[str, Any]:
+        started_unix = time.time()  # wall clock, comparable across actors of one node
         start = time.perf_counter()
         train = self.tuner.train_epoch()
         val = self.tuner.evaluate()
@@ -67,6 +68,8 @@ class SAM2Trainable(tune.Trainable):
             "train_s": train["train_s"],
             "eval_s": val["eval_s"],
             "epoch_s": time.perf_counter() - start,
+            "step_started_unix": started_unix,
+            "step_ended_unix": time.time(),
             "diverged": diverged,
             "lr": self.tuner.lr,
             "best_epoch": self.tuner.best_epoch,
