@@ -69,7 +69,8 @@ log = logging.getLogger("qtt_ray.tune")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     p.add_argument("--data", default="demo", help="dataset folder (images/, masks/) or 'demo'")
-    p.add_argument("--model", default="auto", help="auto | micro | tiny | small | base_plus")
+    p.add_argument("--model", default="auto",
+                   help="auto | micro | tiny | small | base-plus | large | hub id")
     p.add_argument("--checkpoint", default=None, help="local SAM2 .pt checkpoint")
     p.add_argument("--budget", type=float, default=180.0, help="tuning seconds (default 180)")
     p.add_argument("--output", default=None, help="output folder (default runs/<timestamp>)")

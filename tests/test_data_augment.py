@@ -153,3 +153,30 @@ def test_mask_resize_is_nearest_and_creates_no_labels() -> None:
             torch.from_numpy(mask)[None, None].float(), size=(size, size), mode="nearest-exact"
         )[0, 0].to(torch.uint8)
         assert np.array_equal(resized, reference.numpy())
+
+
+def test_augmenting_the_resized_pair_equals_augmenting_then_resizing() -> None:
+    """The trainer's fast path (resize once, flip/rotate the S x S pair every epoch) gives the
+    example make_example builds from the original image, for a non-square sample."""
+    import numpy as np
+    import torch
+
+    from qtt_ray.data import AugmentSpec, Sample, example_from_resized, make_example, resized_pair
+    from qtt_ray.data.augment import augment_pair
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, size=(90, 130, 3), dtype=np.uint8)
+    mask = np.zeros((90, 130), np.uint8)
+    mask[10:40, 20:90] = 1
+    mask[50:80, 100:125] = 2
+    sample = Sample("a", image, mask)
+    spec = AugmentSpec(horizontal_flip=True, vertical_flip=True, random_rotate=True)
+    pair = resized_pair(sample, 64)
+    for seed in range(8):
+        slow = make_example(sample, 64, spec, np.random.default_rng(seed))
+        fast_rng = np.random.default_rng(seed)
+        fast = example_from_resized(*augment_pair(pair[0], pair[1], spec, fast_rng), fast_rng)
+        assert torch.equal(slow.class_ids, fast.class_ids)
+        assert torch.allclose(slow.boxes, fast.boxes)
+        assert (slow.masks != fast.masks).float().mean() < 0.01
+        assert torch.allclose(slow.image, fast.image, atol=1e-4)

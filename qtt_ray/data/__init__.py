@@ -6,7 +6,7 @@ from __future__ import annotations
 from qtt_ray.data.augment import AugmentSpec
 from qtt_ray.data.demo import make_demo_dataset, write_dataset_folder
 from qtt_ray.data.errors import DataError
-from qtt_ray.data.example import Example, make_example
+from qtt_ray.data.example import Example, example_from_resized, make_example, resized_pair
 from qtt_ray.data.loader import load_dataset
 from qtt_ray.data.meta_features import META_FEATURE_NAMES, compute_meta_features
 from qtt_ray.data.sample import Sample, SegDataset
@@ -19,8 +19,10 @@ __all__ = [
     "Sample",
     "SegDataset",
     "compute_meta_features",
+    "example_from_resized",
     "load_dataset",
     "make_demo_dataset",
     "make_example",
+    "resized_pair",
     "write_dataset_folder",
 ]

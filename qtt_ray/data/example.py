@@ -85,7 +85,29 @@ def make_example(
     image, mask = sample.image, sample.mask
     if rng is not None and augment is not None:
         image, mask = augment_pair(image, mask, augment, rng)
-    mask_s = resize_mask(mask, image_size)
+    return example_from_resized(preprocess_image(image, image_size),
+                                resize_mask(mask, image_size), rng)
+
+
+def resized_pair(sample: Sample, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The sample resized and normalised ONCE: an (S, S, 3) float32 image and its (S, S) mask.
+
+    Flips and 90-degree rotations commute with resizing to a square (the resize is separable and
+    the mask uses pixel-centre nearest neighbour), so a trainer can augment this pair every epoch
+    (``augment_pair`` works on float images too) instead of resizing the original again.
+    """
+    image = preprocess_image(sample.image, image_size).permute(1, 2, 0).numpy()
+    return np.ascontiguousarray(image), resize_mask(sample.mask, image_size)
+
+
+def example_from_resized(
+    image: torch.Tensor | np.ndarray, mask_s: np.ndarray, rng: np.random.Generator | None = None
+) -> Example:
+    """An Example from an already resized + normalised image ((3, S, S) tensor or (S, S, 3)
+    array) and its (S, S) mask: one tight box per class present, jittered when ``rng`` is given."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    image_size = int(mask_s.shape[0])
     class_ids: list[int] = []
     targets: list[np.ndarray] = []
     boxes: list[np.ndarray] = []
@@ -107,7 +129,7 @@ def make_example(
         else np.zeros((0, image_size, image_size), dtype=np.float32)
     )
     return Example(
-        image=preprocess_image(image, image_size),
+        image=image,
         boxes=torch.from_numpy(box_array.astype(np.float32)),
         masks=torch.from_numpy(target_array),
         class_ids=torch.tensor(class_ids, dtype=torch.int64),

@@ -27,7 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from qtt_ray.data import AugmentSpec, Example, SegDataset, make_example
+from qtt_ray.data import (
+    AugmentSpec,
+    Example,
+    SegDataset,
+    example_from_resized,
+    make_example,
+    resized_pair,
+)
+from qtt_ray.data.augment import augment_pair
 from qtt_ray.data.boxes import jitter_boxes
 from qtt_ray.model.adapter import export_adapter
 from qtt_ray.model.build import ModelSpec, build_model
@@ -109,6 +117,9 @@ class FineTuner:
             if self.augment.enabled
             else [make_example(sample, size) for sample in dataset.train]
         )
+        # with augmentation: resize + normalise once too, then flip/rotate the S x S pair each
+        # epoch (flips and 90-degree turns commute with resizing to a square)
+        self._resized_train: dict[int, tuple[Any, Any]] = {}
 
     # -- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
@@ -165,8 +176,12 @@ class FineTuner:
 
     def _train_example(self, index: int) -> Example:
         if self._fixed_train is None:
-            sample = self.dataset.train[index]
-            return make_example(sample, self.spec.image_size, self.augment, self.rng)
+            pair = self._resized_train.get(index)
+            if pair is None:
+                pair = resized_pair(self.dataset.train[index], self.spec.image_size)
+                self._resized_train[index] = pair
+            image, mask = augment_pair(pair[0], pair[1], self.augment, self.rng)
+            return example_from_resized(image, mask, self.rng)
         fixed = self._fixed_train[index]
         size = self.spec.image_size
         boxes = jitter_boxes(fixed.boxes.numpy(), size, size, self.rng)

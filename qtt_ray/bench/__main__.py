@@ -1,0 +1,117 @@
+"""Command line: ``python -m qtt_ray.bench replay | throughput | overhead`` (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from qtt_ray.bench import BenchError, overhead, throughput
+from qtt_ray.bench.clock import ClockRules
+from qtt_ray.bench.methods import DEFAULT_METHODS, check_methods
+from qtt_ray.bench.replay import Settings, run_benchmark, write_outputs
+from qtt_ray.cli import run_cli
+from qtt_ray.core.errors import PolicyError, PredictorError
+from qtt_ray.meta.importers import combine, load_meta_source
+from qtt_ray.meta.schema import MetaSchemaError
+from qtt_ray.space import SpaceError
+
+USER_ERRORS = (BenchError, MetaSchemaError, SpaceError, PredictorError, PolicyError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m qtt_ray.bench", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    replay = commands.add_parser(
+        "replay",
+        help="replay searchers on recorded learning curves (simulated single-worker clock)",
+    )
+    replay.add_argument("--train-meta", nargs="+", default=["qttseg"], metavar="PATH",
+                        help="Parquet files, a QTT-SEG CSV, a Meta-Album folder, or the names "
+                             "qttseg / metaalbum (default: qttseg)")
+    replay.add_argument("--test-meta", nargs="+", default=None, metavar="PATH",
+                        help="datasets to test on (default: leave one dataset of --train-meta "
+                             "out at a time)")
+    replay.add_argument("--datasets", nargs="+", default=None, help="subset of test datasets")
+    group = replay.add_mutually_exclusive_group()
+    group.add_argument("--budgets", nargs="+", type=float, default=None, metavar="SECONDS",
+                       help="budgets in simulated seconds (default: 60 120 180 300 600)")
+    group.add_argument("--budget-fractions", nargs="+", type=float, default=None,
+                       metavar="F", help="budgets as multiples of the test dataset's median "
+                                         "full-training cost, e.g. 0.1 0.25 0.5 1")
+    replay.add_argument("--seeds", type=int, default=10, help="number of seeds (0..N-1)")
+    replay.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
+                        help=f"methods to compare (default: all: {' '.join(DEFAULT_METHODS)})")
+    replay.add_argument("--pool-size", type=int, default=128,
+                        help="recorded runs of the test dataset per pool (all if fewer)")
+    replay.add_argument("--start-overhead", type=float, default=0.0, metavar="SECONDS",
+                        help="clock seconds added when a trial starts")
+    replay.add_argument("--resume-overhead", type=float, default=0.0, metavar="SECONDS",
+                        help="clock seconds added when a paused trial is resumed")
+    replay.add_argument("--count-decision-time", action=argparse.BooleanOptionalAction,
+                        default=True, help="count the searcher's ask/tell wall time on the clock")
+    replay.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
+    replay.add_argument("--cache-dir", type=Path, default=None,
+                        help="where meta-trained predictors are cached (default: OUT/cache)")
+    replay.add_argument("--jobs", type=int, default=1,
+                        help="test datasets replayed in parallel processes")
+    throughput.add_parser(commands)
+    overhead.add_parser(commands)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    for option, value in (("--seeds", args.seeds), ("--pool-size", args.pool_size),
+                          ("--jobs", args.jobs)):
+        if value < 1:
+            raise BenchError(f"{option} must be >= 1, got {value}")
+    for option, value in (("--start-overhead", args.start_overhead),
+                          ("--resume-overhead", args.resume_overhead)):
+        if value < 0:
+            raise BenchError(f"{option} must be >= 0 seconds, got {value}")
+    fractions = args.budget_fractions is not None
+    budgets = args.budget_fractions if fractions else (args.budgets or [60, 120, 180, 300, 600])
+    if any(b <= 0 for b in budgets):
+        option = "--budget-fractions" if fractions else "--budgets"
+        raise BenchError(f"{option}: budgets must be positive")
+    return Settings(
+        methods=check_methods(list(dict.fromkeys(args.methods))),
+        budgets=sorted(budgets),
+        fractions=fractions,
+        seeds=list(range(args.seeds)),
+        pool_size=args.pool_size,
+        datasets=args.datasets,
+        rules=ClockRules(args.start_overhead, args.resume_overhead, args.count_decision_time),
+        cache_dir=args.cache_dir or args.out / "cache",
+        jobs=args.jobs,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.command == "throughput":
+        return run_cli("python -m qtt_ray.bench throughput", lambda: throughput.run(args))
+    if args.command == "overhead":
+        return run_cli("python -m qtt_ray.bench overhead", lambda: overhead.run(args))
+    try:
+        settings = settings_from(args)
+        train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta")
+        test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta")
+                if args.test_meta else None)
+        records = run_benchmark(train, test, settings)
+        command = "python -m qtt_ray.bench " + shlex.join(argv)
+        summary = write_outputs(records, settings, args.out, command)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from qtt_ray.bench.replay import markdown
+
+    print(markdown(summary, settings))
+    print(f"wrote {args.out}/results.json, results.md, episodes.json, regret_over_time.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

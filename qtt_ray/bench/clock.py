@@ -1,0 +1,121 @@
+"""Replaying a searcher on recorded curves with a simulated single-worker clock.
+
+The clock is what a single GPU would see: each newly trained epoch advances it by the epoch's
+recorded cost, plus a start overhead for a fresh trial or a resume overhead when a paused trial
+is picked up again (continuing the trial trained just before costs nothing extra: it is still in
+memory). The searcher's own thinking (measured wall time of constructing it and of every
+ask and tell) is added too, unless switched off, and is reported separately.
+
+An epoch beyond what was recorded for a run (some Meta-Album curves stop early) is told as NaN
+at no cost: in the recording that run ended there, so the searcher learns the trial is over.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from qtt_ray.bench import BenchError
+from qtt_ray.core.protocol import Optimizer
+from qtt_ray.meta.dataset import Run
+
+
+@dataclass(frozen=True)
+class ClockRules:
+    """How the simulated clock advances besides the recorded epoch costs."""
+
+    start_overhead_s: float = 0.0
+    resume_overhead_s: float = 0.0
+    count_decision_time: bool = True
+
+
+@dataclass
+class Trace:
+    """What one replay observed: scores with the clock time at which they became known."""
+
+    times: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    trials: list[int] = field(default_factory=list)
+    epochs: list[int] = field(default_factory=list)
+    decision_s: list[float] = field(default_factory=list)  # per decision (setup in the first)
+    decision_at: list[float] = field(default_factory=list)  # clock time after each decision
+    end_s: float = 0.0
+
+    def incumbent_at(self, budget_s: float) -> float | None:
+        """Best finite score known by ``budget_s`` (None when nothing finished in time)."""
+        best = None
+        for t, score in zip(self.times, self.scores, strict=True):
+            if t <= budget_s and math.isfinite(score) and (best is None or score > best):
+                best = score
+        return best
+
+    def decision_time_until(self, budget_s: float) -> float:
+        return sum(d for d, at in zip(self.decision_s, self.decision_at, strict=True)
+                   if at <= budget_s)
+
+
+def replay(
+    make_optimizer: Callable[[], Optimizer],
+    pool: list[Run],
+    horizon_s: float,
+    rules: ClockRules,
+) -> Trace:
+    """Run the searcher until the clock passes ``horizon_s`` or it has nothing left to train."""
+    trace = Trace()
+    started = time.perf_counter()
+    optimizer = make_optimizer()
+    setup_s = time.perf_counter() - started
+    clock = setup_s if rules.count_decision_time else 0.0
+    pending_decision = setup_s
+    previous_trial: int | None = None
+    limit = sum(max(r.epochs, 1) + 1 for r in pool) + 10
+    for _ in range(limit):
+        if clock >= horizon_s:
+            break
+        started = time.perf_counter()
+        decision = optimizer.ask(remaining_s=horizon_s - clock)
+        ask_s = time.perf_counter() - started
+        clock += ask_s if rules.count_decision_time else 0.0
+        if decision is None:
+            trace.decision_s.append(pending_decision + ask_s)
+            trace.decision_at.append(clock)
+            break
+        if not 0 <= decision.trial_id < len(pool):
+            raise BenchError(f"searcher asked for trial {decision.trial_id} outside the pool")
+        run = pool[decision.trial_id]
+        score, cost = _epoch(run, decision.epoch)
+        if decision.epoch <= run.epochs:
+            if decision.is_new:
+                cost += rules.start_overhead_s
+            elif decision.trial_id != previous_trial:
+                cost += rules.resume_overhead_s
+            previous_trial = decision.trial_id
+        clock += cost
+        trace.times.append(clock)
+        trace.scores.append(score)
+        trace.trials.append(decision.trial_id)
+        trace.epochs.append(decision.epoch)
+        started = time.perf_counter()
+        optimizer.tell(decision.trial_id, decision.epoch, score, cost)
+        tell_s = time.perf_counter() - started
+        clock += tell_s if rules.count_decision_time else 0.0
+        trace.decision_s.append(pending_decision + ask_s + tell_s)
+        trace.decision_at.append(clock)
+        pending_decision = 0.0
+    else:
+        raise BenchError(
+            f"searcher {type(optimizer).__name__} made more decisions than the pool has epochs; "
+            "it keeps asking for trials that cannot advance"
+        )
+    trace.end_s = clock
+    return trace
+
+
+def _epoch(run: Run, epoch: int) -> tuple[float, float]:
+    if epoch < 1:
+        raise BenchError(f"searcher asked for epoch {epoch} of run {run.run_id}; epochs start at 1")
+    if epoch > run.epochs:
+        return math.nan, 0.0
+    return float(run.scores[epoch - 1]), float(run.costs[epoch - 1])

@@ -1,0 +1,169 @@
+"""The methods the replay benchmark compares, and the per-fold artefacts they share.
+
+A method is a factory: given one episode (test dataset, seed, pool, leave-one-dataset-out
+training set) it does its OFFLINE work (meta-training, cached per fold) and returns a
+zero-argument constructor of the online searcher, whose wall time ``replay`` counts on the clock.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qtt_ray.bench import BenchError
+from qtt_ray.bench.peers import ASHA, Hyperband, RandomFull, RandomOneEpoch, ZeroShot, ZeroShotModel
+from qtt_ray.core.protocol import Optimizer
+from qtt_ray.meta.dataset import MetaDataset, Run
+from qtt_ray.space import SearchSpace
+
+Constructor = Callable[[], Optimizer]
+
+
+@dataclass
+class Episode:
+    """One replay: a test dataset, a seed, its pool of recorded runs and the training set."""
+
+    dataset: str
+    seed: int
+    pool: list[Run]
+    meta_features: dict[str, float]
+    space: SearchSpace
+    max_epochs: int
+    train: MetaDataset  # the other datasets (leave-one-dataset-out)
+
+    @property
+    def configs(self) -> list[Any]:
+        return [run.config for run in self.pool]
+
+
+@dataclass
+class FoldCache:
+    """Meta-trained artefacts per training fold: in memory, and predictors also on disk."""
+
+    directory: Path | None = None
+    predictor_seed: int = 0
+    predictors: dict[str, Any] = field(default_factory=dict)
+    zero_shot: dict[tuple[str, int], ZeroShotModel] = field(default_factory=dict)
+
+    def fold_key(self, train: MetaDataset) -> str:
+        """Identity of a training fold: its runs, space and the core's training code."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps(train.space.to_json(), sort_keys=True).encode())
+        digest.update(json.dumps(sorted(r.run_id for r in train.runs)).encode())
+        digest.update(f"{train.max_epochs}/{self.predictor_seed}".encode())
+        digest.update(_core_fingerprint().encode())
+        return digest.hexdigest()[:16]
+
+    def trained_predictors(self, train: MetaDataset) -> Any:
+        from qtt_ray.core import train_predictors
+        from qtt_ray.core.predictors import Predictors
+
+        key = self.fold_key(train)
+        if key not in self.predictors:
+            folder = self.directory / f"predictors-{key}" if self.directory else None
+            if folder is not None and (folder / "predictors.json").is_file():
+                self.predictors[key] = Predictors.load(folder, train.space)
+            else:
+                print(f"  meta-training predictors for fold {key} ({len(train.datasets)} datasets)",
+                      file=sys.stderr, flush=True)
+                predictors = train_predictors(train, seed=self.predictor_seed)
+                if folder is not None:
+                    predictors.save(folder)
+                self.predictors[key] = predictors
+        return self.predictors[key]
+
+    def zero_shot_model(self, train: MetaDataset, seed: int) -> ZeroShotModel:
+        key = (self.fold_key(train), seed)
+        if key not in self.zero_shot:
+            self.zero_shot[key] = ZeroShotModel(train, seed=seed)
+        return self.zero_shot[key]
+
+
+@functools.lru_cache(maxsize=1)
+def _core_fingerprint() -> str:
+    """Hash of the core's sources, read once per process (a run uses one version)."""
+    core = Path(__file__).resolve().parents[1] / "core"
+    digest = hashlib.sha256()
+    for path in sorted(core.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# -- factories ----------------------------------------------------------------------------------
+def _random(ep: Episode, cache: FoldCache) -> Constructor:
+    return lambda: RandomFull(ep.configs, ep.max_epochs, ep.seed)
+
+
+def _random_one_epoch(ep: Episode, cache: FoldCache) -> Constructor:
+    return lambda: RandomOneEpoch(ep.configs, ep.max_epochs, ep.seed)
+
+
+def _asha(ep: Episode, cache: FoldCache) -> Constructor:
+    return lambda: ASHA(ep.configs, ep.max_epochs, ep.seed)
+
+
+def _hyperband(ep: Episode, cache: FoldCache) -> Constructor:
+    return lambda: Hyperband(ep.configs, ep.max_epochs, ep.seed)
+
+
+def _zero_shot(ep: Episode, cache: FoldCache) -> Constructor:
+    model = cache.zero_shot_model(ep.train, ep.seed)
+    return lambda: ZeroShot(ep.configs, ep.max_epochs, ep.seed, model, ep.meta_features)
+
+
+def _quicktune(meta: bool, cost_aware: bool) -> Callable[[Episode, FoldCache], Constructor]:
+    def factory(ep: Episode, cache: FoldCache) -> Constructor:
+        try:
+            from qtt_ray.core import QuickTunePolicy, untrained_predictors
+        except ImportError as err:
+            raise BenchError(
+                f"quicktune methods need qtt_ray.core.QuickTunePolicy ({err}); "
+                "install the full package"
+            ) from err
+        if meta:
+            predictors = cache.trained_predictors(ep.train)  # the policy copies what it adapts
+        else:
+            predictors = untrained_predictors(
+                ep.space, sorted(ep.meta_features), max_epochs=ep.max_epochs, seed=ep.seed
+            )
+        return lambda: QuickTunePolicy(
+            ep.space, ep.configs, ep.meta_features, predictors, max_epochs=ep.max_epochs,
+            seed=ep.seed, cost_aware=cost_aware,
+        )
+
+    return factory
+
+
+def _quicktunetool(ep: Episode, cache: FoldCache) -> Constructor:
+    from qtt_ray.bench.quicktunetool import quicktunetool_constructor
+
+    return quicktunetool_constructor(ep, cache.directory)
+
+
+METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
+    "random": _random,
+    "random-1epoch": _random_one_epoch,
+    "asha": _asha,
+    "hyperband": _hyperband,
+    "zero-shot": _zero_shot,
+    "quicktune": _quicktune(meta=True, cost_aware=True),
+    "quicktune-no-meta": _quicktune(meta=False, cost_aware=True),
+    "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
+    "quicktunetool": _quicktunetool,
+}
+DEFAULT_METHODS = list(METHODS)
+
+
+def check_methods(names: list[str]) -> list[str]:
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise BenchError(
+            f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}"
+        )
+    return names
