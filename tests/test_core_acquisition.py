@@ -9,6 +9,7 @@ from qtt_ray.core.acquisition import (
     best_up_to_fidelity,
     cost_normalised,
     expected_improvement,
+    reachable_epochs,
     select,
 )
 
@@ -64,3 +65,12 @@ def test_select_falls_back_to_predicted_improvement_when_ei_vanishes() -> None:
     acquisition = np.zeros(3)
     improvement = np.array([-0.3, -0.1, -0.2])
     assert select(acquisition, improvement, np.ones(3), None) == 1
+
+
+def test_reachable_epochs_counts_affordable_epochs_capped_by_the_curve_end() -> None:
+    done = np.array([0, 0, 7, 9])
+    epoch_s = np.array([10.0, 30.0, 10.0, 10.0])
+    assert reachable_epochs(done, epoch_s, 65.0, 10).tolist() == [6, 2, 3, 1]
+    assert reachable_epochs(done, epoch_s, None, 10).tolist() == [10, 10, 3, 1]  # no budget
+    assert reachable_epochs(done, epoch_s, 5.0, 10).tolist() == [1, 1, 1, 1]  # at least one
+    assert reachable_epochs(done, epoch_s, -1.0, 10).tolist() == [1, 1, 1, 1]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from qtt_ray.core import PolicyError, PredictorError, QuickTunePolicy, untrained_predictors
 from qtt_ray.core.protocol import Optimizer
@@ -187,3 +188,58 @@ def test_online_adaptation_changes_predictions_and_is_bounded() -> None:
     run_steps(p, 4)
     p.ask()
     assert 1 <= p.state_dict()["adapt_steps_done"] < 1000  # the time limit cut it short
+
+
+def target_epochs(p: QuickTunePolicy, remaining_s: float | None) -> list[int]:
+    """The epochs the policy's GP is asked about in one ``ask`` (the last input column)."""
+    seen: list[np.ndarray] = []
+    predict = p._performance.predict_inputs
+
+    def recording(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        seen.append(x[:, -1] * p.max_epochs)
+        return predict(x)
+
+    p._performance.predict_inputs = recording  # type: ignore[method-assign]
+    try:
+        decision = p.ask(remaining_s=remaining_s)
+    finally:
+        del p._performance.predict_inputs
+    assert decision is not None
+    p.release(decision.trial_id)
+    return np.rint(seen[0]).astype(int).tolist()
+
+
+def test_lookahead_asks_about_the_epoch_reachable_within_the_budget() -> None:
+    p = policy(n=3, acquisition="lookahead")
+    first = p.ask()
+    assert first is not None
+    p.tell(first.trial_id, 1, 0.4, 10.0)  # 10-s epochs; the others ~18 s (corrected prior)
+    targets = target_epochs(p, remaining_s=35.0)
+    reached = dict(zip(p._candidates(), targets, strict=True))
+    assert reached[first.trial_id] == 1 + 3  # three more 10-s epochs fit into 35 s
+    assert all(t == 1 for trial, t in reached.items() if trial != first.trial_id)  # 2 x 18 > 35
+    assert set(target_epochs(p, remaining_s=None)) == {10}  # no budget: the curve's end
+    classic = policy(n=3)  # the default: EI at the next epoch
+    assert set(target_epochs(classic, remaining_s=None)) == {1}
+
+
+def test_an_unknown_acquisition_is_a_one_line_policy_error() -> None:
+    with pytest.raises(PolicyError, match="acquisition='ucb'"):
+        policy(acquisition="ucb")
+
+
+def test_the_first_decision_takes_the_best_predicted_configuration() -> None:
+    predictors = PREDICTORS.copy()
+    weight = predictors.performance.model.mean_module.linear.weight
+    last = predictors.cost.network.net[-1]
+    with torch.no_grad():  # prior mean and cost that differ between configurations
+        weight.copy_(torch.linspace(-1.0, 1.0, weight.numel()).reshape(weight.shape))
+        last.weight.copy_(torch.linspace(-1.0, 1.0, last.weight.numel()).reshape(last.weight.shape))
+    pool = SPACE.sample_many(12, 5)
+    mean, _ = predictors.performance.predict(pool, META, [[]] * len(pool), [1] * len(pool))
+    assert np.ptp(mean) > 1e-3
+    first = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False).ask()
+    assert first is not None and first.trial_id == int(np.argmax(mean))
+    # EI against "nothing seen" is ~ the mean, so dividing it by cost picks a cheap one instead
+    by_cost = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False, prior_first=False).ask()
+    assert by_cost is not None and by_cost.trial_id != first.trial_id

@@ -1,16 +1,18 @@
 """Acquisition: expected improvement at the next epoch, cost-aware and budget-aware selection.
 
 - y*(b): the best score of this task seen at any fidelity <= b (a cumulative maximum over
-  fidelities); ``BAD_SCORE`` (0) where nothing has been seen at or below b yet, so the first
-  decisions rank candidates by their predicted score.
+  fidelities); ``BAD_SCORE`` (0) where nothing has been seen at or below b yet.
 - EI = (mu - y* - xi) Phi(z) + sigma phi(z), z = (mu - y* - xi) / sigma.
 - Cost-aware: EI / (c / median(c)) ** exponent, with c the predicted seconds of the epoch and the
   median over the candidates, so the exponent is meaningful for any machine speed.
 - Budget-aware: candidates whose next epoch is predicted to exceed the remaining budget are
   skipped while anything else fits; when nothing fits, the cheapest is chosen (cost predictions
   can be pessimistic, and the trainer's own deadline cuts a too-long epoch anyway).
-- When every acquisition value is ~0 (the model is certain nothing improves), the candidate with
-  the highest predicted improvement (mu - y*) is chosen, not the first index.
+- When every acquisition value is ~0 (the model is certain nothing improves, or the policy has
+  nothing to improve on yet), the candidate with the highest predicted improvement (mu - y*) is
+  chosen, not the first index.
+- ``reachable_epochs`` serves the policy's optional look-ahead acquisition: how many epochs each
+  candidate can still add within the remaining budget.
 """
 
 from __future__ import annotations
@@ -51,6 +53,20 @@ def cost_normalised(acquisition: np.ndarray, cost_s: np.ndarray, exponent: float
     """EI per normalised cost: divide by (c / median c) ** exponent."""
     cost = np.maximum(np.asarray(cost_s, dtype=np.float64), 1e-9)
     return acquisition / (cost / np.median(cost)) ** exponent
+
+
+def reachable_epochs(
+    done: np.ndarray, epoch_s: np.ndarray, remaining_s: float | None, max_epochs: int
+) -> np.ndarray:
+    """Epochs each candidate can still add within ``remaining_s`` (at least 1, at most up to
+    ``max_epochs``); all of them when the budget is unknown."""
+    done = np.asarray(done, dtype=np.int64)
+    left = np.maximum(max_epochs - done, 1)
+    if remaining_s is None:
+        return left
+    seconds = np.maximum(np.asarray(epoch_s, dtype=np.float64), 1e-9)
+    affordable = np.floor(max(remaining_s, 0.0) / seconds).astype(np.int64)
+    return np.clip(affordable, 1, left)
 
 
 def select(
