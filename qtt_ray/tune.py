@@ -53,7 +53,7 @@ TRAIN_PREDICTORS_HINT = (
 )
 STORAGE_ENV = "QTT_STORAGE_PATH"
 RUN_FILE = "run.json"  # what --resume needs to rebuild the trainable
-POOL_SIZE = 256
+POOL_SIZE = 128  # configurations in the freeze-thaw pool, as the paper
 MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial: the newest and, until it is verified, the one before
 WORKER_ENV = ("OMP_WAIT_POLICY",)  # passed to Ray workers
@@ -68,7 +68,8 @@ log = logging.getLogger("qtt_ray.tune")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="demo", help="dataset folder (images/, masks/) or 'demo'")
+    p.add_argument("--data", default="demo",
+                   help="dataset folder (images/, masks/), 'demo' or 'demo-multiclass'")
     p.add_argument("--model", default="auto",
                    help="auto | micro | tiny | small | base-plus | large | hub id")
     p.add_argument("--checkpoint", default=None, help="local SAM2 .pt checkpoint")
