@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default=None,
                    help="Ray storage_path for checkpoints: shared storage (s3://..., NFS) for "
                         "multi-node runs (default $QTT_STORAGE_PATH or <output>/ray)")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster ('auto' on its head node); default: start "
+                        "Ray locally on this machine")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue an interrupted experiment from its output folder")
     p.add_argument("--max-failures", type=int, default=MAX_FAILURES,
@@ -330,7 +333,8 @@ def slots_for(args: argparse.Namespace) -> int:
     return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
 
 
-def start_ray() -> None:
+def start_ray(address: str | None = None) -> None:
+    """Start Ray locally (no dashboard), or join the running cluster at ``address``."""
     import ray
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -339,6 +343,10 @@ def start_ray() -> None:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not ray.is_initialized():
         env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": env})
+            return
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, runtime_env={"env_vars": env})
 
@@ -410,7 +418,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
               flush=True)
     if prep.saved is None:
         write_run_file(args, prep, budget, slots)
-    start_ray()
+    start_ray(args.address)
 
     tuner, recorder, tracker, setup = build_tuner(args, prep, slots, budget, spent, zero_shot)
     status = "FAILED"
