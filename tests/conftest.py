@@ -26,3 +26,15 @@ def shared_dir() -> Path:
     if root is None:
         pytest.skip("../shared is absent (real data and meta-data live there)")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: the micro model's tiny ops gain nothing from two, and on a
+    shared, loaded CPU two threads stall each other (seconds per new tensor shape, measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

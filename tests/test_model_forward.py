@@ -14,14 +14,7 @@ from qtt_ray.model.lora import make_trainable
 
 S = 64
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: the micro model's tiny ops gain nothing from two, and on a shared,
-    loaded CPU two threads stall each other (seconds per new tensor shape, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 

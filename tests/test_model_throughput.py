@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from qtt_ray.data import Sample, SegDataset
 from qtt_ray.model.build import build_model, resolve_spec
 from qtt_ray.model.throughput import measure_throughput
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared, loaded CPU two threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_finetuner_and_bare_loop_are_timed_on_the_same_images():

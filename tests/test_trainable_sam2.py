@@ -22,13 +22,7 @@ OTHER = {**CONFIG, "lora": 0, "sched": "step", "step_size": 3}
 RESULT_KEYS = {"iou", "loss", "val_loss", "epoch", "train_s", "eval_s", "epoch_s", "diverged"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared, loaded CPU two threads stall each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,11 +14,12 @@ from typing import Any
 from ray.tune.search import Searcher
 
 from qtt_ray.searchers.controller import FreezeThawController
+from qtt_ray.searchers.properties import AcceptsSearchProperties
 
 POLICY_TRIAL_KEY = "_policy_trial_id"  # added to every config; the trainables ignore "_" keys
 
 
-class QuickTuneSearcher(Searcher):
+class QuickTuneSearcher(AcceptsSearchProperties, Searcher):
     """Suggests a configuration only when the shared policy decides to start a new one."""
 
     CKPT_FILE_TMPL = "searcher-state-{}.json"
@@ -34,16 +35,6 @@ class QuickTuneSearcher(Searcher):
         self.controller = controller
         # per policy trial id, extra config entries for the trainable (e.g. a replay "_run_id")
         self.trial_extras = dict(trial_extras or {})
-
-    def set_search_properties(
-        self, metric: str | None, mode: str | None, config: dict, **spec: Any
-    ) -> bool:
-        """Accept Tune's metric/mode; the space lives in the policy, constants merge in Tune."""
-        if metric:
-            self._metric = metric
-        if mode:
-            self._mode = mode
-        return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         decision = self.controller.start_new(trial_id)

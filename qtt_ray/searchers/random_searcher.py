@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from ray.tune.search import Searcher
 
+from qtt_ray.searchers.properties import AcceptsSearchProperties
 from qtt_ray.space import Config, SearchSpace, config_key
 
 
-class RandomSearcher(Searcher):
+class RandomSearcher(AcceptsSearchProperties, Searcher):
     """Suggests distinct configurations sampled from ``space`` with ``seed``."""
 
     CKPT_FILE_TMPL = "searcher-state-{}.json"
@@ -36,15 +37,6 @@ class RandomSearcher(Searcher):
         self._drawn = 0  # how many samples were drawn, so a restore replays the stream
         self._seen: set[str] = set()
         self._rng = np.random.default_rng(self.seed)
-
-    def set_search_properties(
-        self, metric: str | None, mode: str | None, config: dict, **spec: Any
-    ) -> bool:
-        if metric:
-            self._metric = metric
-        if mode:
-            self._mode = mode
-        return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.pool is not None:
