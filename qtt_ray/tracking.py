@@ -246,6 +246,11 @@ class MlflowTracker(Callback):
             "searcher", ""))])
         return run_id
 
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        """Every started trial gets its child run, also one the budget cuts before its first
+        result (it ends KILLED), so MLflow and results.json list the same trials."""
+        self._child(trial)
+
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
