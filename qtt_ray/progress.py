@@ -180,8 +180,7 @@ class ProgressCallback(Callback):
         self.line.update(self.state)
 
     def setup(self, **info: Any) -> None:
-        self._started_at = time.monotonic()
-        self._draw()
+        self._draw()  # the clock stands at the time already spent while workers start up
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
         if self.line.is_tty and time.monotonic() - self._last_draw >= TICK_S:
@@ -195,6 +194,10 @@ class ProgressCallback(Callback):
 
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
+        if self._started_at is None:  # tuning time counts from the first step's start,
+            step_s = result.get("epoch_s", result.get("time_this_iter_s"))  # as the budget
+            valid = isinstance(step_s, (int, float)) and math.isfinite(step_s) and step_s > 0
+            self._started_at = time.monotonic() - (float(step_s) if valid else 0.0)
         self.state.epochs += 1
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):

@@ -38,8 +38,11 @@ class TrialRecorder(Callback):
     def __init__(self, metric: str = "iou") -> None:
         self.metric = metric
         self.trials: dict[str, TrialRecord] = {}
-        self.timeline: list[tuple[float, float]] = []  # (seconds since start, best IoU so far)
-        self.started_at: float | None = None
+        self.timeline: list[tuple[float, float]] = []  # (tuning seconds, best IoU so far)
+        self.started_at: float | None = None  # Tuner.fit began (monotonic)
+        # the first step began (monotonic): tuning time counts from here, as the budget does
+        # (searchers.clock.WallClock); before it, workers were starting up
+        self.first_step_at: float | None = None
         self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
         self._starts: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
@@ -48,9 +51,16 @@ class TrialRecorder(Callback):
         self.step_spans: list[tuple[float, float]] = []
 
     def elapsed(self) -> float:
-        if self.started_at is None:
+        """Tuning seconds: from the first step's start (plus an interrupted run's)."""
+        if self.first_step_at is None:
             return self.spent_before
-        return self.spent_before + time.monotonic() - self.started_at
+        return self.spent_before + time.monotonic() - self.first_step_at
+
+    def worker_startup_s(self) -> float:
+        """Seconds from Tuner.fit to the first step: worker start-up, not tuning."""
+        if self.started_at is None or self.first_step_at is None:
+            return 0.0
+        return max(0.0, self.first_step_at - self.started_at)
 
     def setup(self, **info: Any) -> None:
         if self.started_at is None:
@@ -74,6 +84,12 @@ class TrialRecorder(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
         record = self._record(trial)
+        if self.first_step_at is None:
+            now = time.monotonic()
+            step_s = _float(result.get("epoch_s", result.get("time_this_iter_s")))
+            self.first_step_at = now - step_s if math.isfinite(step_s) and step_s > 0 else now
+            if self.started_at is not None:
+                self.first_step_at = max(self.first_step_at, self.started_at)
         value = _float(result.get(self.metric))
         iteration = result.get("training_iteration")
         if iteration is not None and int(iteration) <= record.epochs:
@@ -129,6 +145,7 @@ class TrialRecorder(Callback):
         self.checkpoints = dict(state.get("checkpoints", {}))
         self.step_spans = [(float(a), float(b)) for a, b in state.get("step_spans", [])]
         self.started_at = None
+        self.first_step_at = None
 
     def step_gaps(self) -> list[float]:
         """Seconds between one step's end and the next step's start (meaningful with one slot)."""

@@ -430,7 +430,12 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         tuning_start = time.monotonic()
         with InterruptWatch() as watch:
             tuner.fit()
-        elapsed = time.monotonic() - tuning_start
+        fit_s = time.monotonic() - tuning_start
+        # the budget counts from the first step (searchers.clock.WallClock): the workers'
+        # start-up before it is start-up, reported as such
+        worker_startup_s = min(recorder.worker_startup_s(), fit_s)
+        startup_s += worker_startup_s
+        elapsed = fit_s - worker_startup_s
         if watch.interrupted:
             status = "KILLED"
             interrupted(prep, spent + elapsed)
@@ -527,6 +532,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
 
     from qtt_ray.progress import ProgressCallback
     from qtt_ray.searchers import SimulatedClock, WallClock, make_search
+    from qtt_ray.searchers.budget_stopper import find_budget_stopper, tuning_stopper
     from qtt_ray.space import SAM2_SPACE
     from qtt_ray.tracking import MlflowTracker, TrialRecorder
 
@@ -543,11 +549,10 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
             tracker.parent_run_id = prep.saved["mlflow_parent"]  # reopen, not a new parent
         search_alg = tuner._local_tuner._tune_config.search_alg
         controller = getattr(search_alg, "controller", None)
-        # Tune restarts its time budget in full: give it what the interrupted run left
-        tuner._local_tuner._tune_config.time_budget_s = (
-            None if controller is not None and prep.replay is not None
-            else remaining + (backstop(budget) if controller is not None else 0.0)
-        )
+        # the budget stopper restarts in full: give it what the interrupted run left
+        stopper = find_budget_stopper(tuner._local_tuner.get_run_config().stop)
+        if stopper is not None:
+            stopper.restart(remaining + (backstop(budget) if controller is not None else 0.0))
         setup = type("Restored", (), {"controller": controller, "name": prep.searcher})()
         return tuner, recorder, tracker, setup
 
@@ -563,7 +568,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
     clock = SimulatedClock(budget, slots) if prep.replay is not None else WallClock(budget)
     setup = make_search(prep.searcher, space=SAM2_SPACE, slots=slots, seed=args.seed,
                         policy_factory=policy_factory, clock=clock, trial_extras=extras,
-                        pool=pool)
+                        pool=pool, continue_in_place=True)  # with checkpoint_config() below
     recorder = TrialRecorder()
     tracker = make_tracker(args, prep, budget)
     callbacks = [recorder, ProgressCallback(budget, zero_shot_iou=zero_shot, stream=sys.stderr,
@@ -572,18 +577,19 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
         callbacks.append(tracker)
     if setup.controller is None:
         time_budget = budget
-    else:  # the policy stops itself at the budget; Tune's budget is a backstop
+    else:  # the policy stops itself at the budget; the stopper is a backstop
         time_budget = None if prep.replay is not None else budget + backstop(budget)
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=setup.search_alg, scheduler=setup.scheduler, num_samples=-1,
-            reuse_actors=True, metric="iou", mode="max", time_budget_s=time_budget,
+            reuse_actors=True, metric="iou", mode="max",
         ),
         run_config=tune.RunConfig(
-            name=prep.experiment, storage_path=prep.storage, stop=setup.stop, callbacks=callbacks,
+            name=prep.experiment, storage_path=prep.storage, callbacks=callbacks,
+            stop=tuning_stopper(setup.stop, time_budget),
             verbose=0, failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=checkpoint_config(setup.controller is not None),
+            checkpoint_config=checkpoint_config(),
         ),
     )
     return tuner, recorder, tracker, setup
@@ -593,14 +599,14 @@ def backstop(budget: float) -> float:
     return 2.0 + 0.05 * budget
 
 
-def checkpoint_config(pauses: bool) -> Any:
-    """Keep the newest checkpoints only (disk stays bounded over hundreds of pauses); freeze-thaw
-    saves on every pause, the others every epoch, so a failed trial loses at most one epoch and
-    the best epoch's weights (carried in every checkpoint) survive to the export."""
+def checkpoint_config() -> Any:
+    """Keep the newest checkpoints only (disk stays bounded over hundreds of pauses) and save
+    after every epoch, so a failed trial loses at most one epoch and the best epoch's weights
+    (carried in every checkpoint) survive to the export. Freeze-thaw needs it for the trials it
+    continues in place; a pause saves once (Tune skips the periodic save for a PAUSE)."""
     from ray import tune
 
-    return tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT,
-                                 checkpoint_frequency=0 if pauses else 1,
+    return tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT, checkpoint_frequency=1,
                                  checkpoint_at_end=True)
 
 

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import ray
 from ray import tune
 from ray.tune import Callback
@@ -52,7 +53,10 @@ class Watch(Callback):
 
 
 def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failures: int,
-        extra_callbacks: list[Callback] | None = None) -> tuple[Any, Any, TrialRecorder, Watch]:
+        extra_callbacks: list[Callback] | None = None, continue_in_place: bool = False,
+        ) -> tuple[Any, Any, TrialRecorder, Watch]:
+    """``continue_in_place``: as qtt_ray.tune runs (no pauses here: OrderedFull picks the same
+    trial again), with the checkpoint after every epoch it needs; else a pause per epoch."""
     meta = synthetic_meta(CONFIGS)
     pool = meta.runs
     fault_dir = tmp_path / f"{name}-faults"
@@ -66,7 +70,7 @@ def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failur
         "quicktune", space=meta.space, slots=1,
         policy_factory=functools.partial(OrderedFull, [r.config for r in pool], 10, 0,
                                          list(range(CONFIGS))),
-        clock=SimulatedClock(None, 1), trial_extras=extras,
+        clock=SimulatedClock(None, 1), trial_extras=extras, continue_in_place=continue_in_place,
     )
     trainable = tune.with_resources(
         tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
@@ -81,7 +85,8 @@ def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failur
             name=name, storage_path=str(tmp_path), stop=setup.stop, verbose=0,
             callbacks=[recorder, watch, *(extra_callbacks or [])],
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_frequency=1 if continue_in_place else 0),
         ),
     )
     grid = tuner.fit()
@@ -138,25 +143,39 @@ def test_an_actor_process_that_dies_is_replaced_and_the_trial_resumes(
 
 
 class KillActor(Callback):
-    """``ray.kill`` the actor of the ``nth`` started trial run (a trial start after a pause)."""
+    """``ray.kill`` a trial's actor at the ``nth`` trial start (a start after a pause) or, for
+    trials that continue in place and start once, at the ``nth`` result (mid-trial)."""
 
-    def __init__(self, nth: int) -> None:
+    def __init__(self, nth: int, on_result: bool = False) -> None:
         self.nth = nth
-        self.starts = 0
+        self.on_result = on_result
+        self.seen = 0
         self.killed = False
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
-        self.starts += 1
+    def _maybe_kill(self, trial) -> None:  # noqa: ANN001
+        self.seen += 1
         actor = trial.temporary_state.ray_actor
-        if self.starts == self.nth and actor is not None:
+        if self.seen == self.nth and actor is not None:
             ray.kill(actor)
             self.killed = True
 
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:  # noqa: ANN001
+        if not self.on_result:
+            self._maybe_kill(trial)
 
-def test_ray_kill_of_a_trial_actor_is_recovered(ray_session, tmp_path) -> None:  # noqa: F811
-    killer = KillActor(nth=6)
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:  # noqa: ANN001
+        if self.on_result:
+            self._maybe_kill(trial)
+
+
+@pytest.mark.parametrize("continue_in_place", [False, True])
+def test_ray_kill_of_a_trial_actor_is_recovered(
+    ray_session, tmp_path, continue_in_place: bool  # noqa: F811
+) -> None:
+    killer = KillActor(nth=6, on_result=continue_in_place)
     grid, setup, recorder, watch = run(tmp_path, "kill", {}, max_failures=2,
-                                       extra_callbacks=[killer])
+                                       extra_callbacks=[killer],
+                                       continue_in_place=continue_in_place)
     assert killer.killed and watch.recoveries
     assert not grid.errors
     assert [r.epochs for r in recorder.records()] == [10, 10, 10]

@@ -69,13 +69,37 @@ def test_budget_ends_the_search_and_stops_trials() -> None:
 
 
 def test_max_epochs_stop_a_trial() -> None:
-    ctl = FreezeThawController(lambda: RandomFull(CONFIGS, 3, 0), slots=1, max_epochs=3)
+    ctl = FreezeThawController(lambda: RandomFull(CONFIGS, 3, 0), slots=1, max_epochs=3,
+                               continue_in_place=False)
     ctl.start_new("a")
     assert ctl.on_result("a", result(0.1)) == "pause"
     for epoch in (2, 3):
         assert ctl.start_resume(lambda ray_id: True) == "a"
         verdict = ctl.on_result("a", result(0.1 * epoch))
     assert verdict == "stop"
+
+
+def test_the_trial_the_policy_picks_again_continues_in_place() -> None:
+    """RandomFull trains one configuration to the end: after each epoch the policy picks the
+    trial that just reported, so it continues on its actor -- same decisions, no pause."""
+    ctl = FreezeThawController(lambda: RandomFull(CONFIGS, 3, 0), slots=1, max_epochs=3,
+                               continue_in_place=True)
+    ctl.start_new("a")
+    ctl.observe_busy(1)  # Tune counts "a" RUNNING while its result is processed
+    assert [ctl.on_result("a", result(0.1 * e)) for e in (1, 2, 3)] == [
+        "continue", "continue", "stop"
+    ]
+    assert [epoch for _, epoch in ctl.history] == [1, 2, 3]
+    assert ctl.is_paused("a") is False and ctl.start_resume(lambda ray_id: True) is None
+
+
+def test_another_pick_pauses_the_trial_and_waits_decided() -> None:
+    ctl = FreezeThawController(make_hyperband, slots=1, continue_in_place=True)  # rung 0 first
+    ctl.start_new("a")
+    ctl.observe_busy(1)
+    assert ctl.on_result("a", result(0.5)) == "pause"
+    assert len(ctl.history) == 2  # the next (new) configuration is already decided
+    assert ctl.start_new("b") is not None and ctl.history[-1][1] == 1
 
 
 def test_failed_epoch_is_told_as_nan_and_not_resumed() -> None:

@@ -34,7 +34,7 @@ def replay_trainable(meta, time_scale: float = 0.0):  # noqa: ANN001, ANN201
     )
 
 
-def test_two_slots_pause_every_epoch_and_reuse_actors(ray_session, tmp_path) -> None:  # noqa: F811
+def test_two_slots_pause_resume_and_reuse_actors(ray_session, tmp_path) -> None:  # noqa: F811
     meta = synthetic_meta(9)
     pool = meta.runs
     setup = make_search(
@@ -51,7 +51,10 @@ def test_two_slots_pause_every_epoch_and_reuse_actors(ray_session, tmp_path) -> 
     assert concurrency.most <= 2
     assert len(concurrency.pids) <= 3  # two slots; actors are reused, not restarted per resume
     assert all(r.status == Trial.TERMINATED for r in records)  # paused ones closed at the end
-    assert all(r.resumes == r.epochs - 1 for r in records)  # paused after every single epoch
+    # after each epoch a trial paused (and was resumed later) or, when the policy picked it
+    # again at once, continued in place
+    assert all(r.resumes <= r.epochs - 1 for r in records)
+    assert sum(r.resumes for r in records) > 0
     total = sum(r.epochs for r in records)
     assert total == len(setup.controller.history)
     # the curves the driver saw are the recorded ones, epoch by epoch

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -101,6 +104,72 @@ def test_reset_config_starts_a_fresh_trial_on_the_cached_base(settings):
     assert trainable.tuner.epoch == 0 and trainable.tuner.config["lora"] == 0
     assert trainable.step()["epoch"] == 1
     trainable.stop()
+
+
+def test_reset_config_frees_the_old_trial_without_a_garbage_collection(settings):
+    """reset_config skips gc.collect (it cost most of a pause -> resume): the old trial's model,
+    parameters and optimizer must then be freed by reference counting alone."""
+    trainable = direct(settings, CONFIG)
+    trainable.train()
+    old = trainable.tuner
+    refs = [weakref.ref(old.model), weakref.ref(old.params[0]), weakref.ref(old.optimizer)]
+    del old
+    gc.disable()
+    try:
+        assert trainable.reset_config(OTHER)
+        assert [ref() is None for ref in refs] == [True, True, True]
+    finally:
+        gc.enable()
+    trainable.stop()
+
+
+def test_step_reports_the_actor_seconds_of_save_reset_and_restore(settings, tmp_path):
+    trainable = direct(settings, CONFIG)
+    first = trainable.train()
+    assert not any(key.startswith("actor_") and key.endswith("_s") for key in first)
+    trainable.save_checkpoint(str(tmp_path))
+    assert trainable.reset_config(CONFIG)
+    trainable.load_checkpoint(str(tmp_path))
+    second = trainable.step()
+    assert {"actor_save_s", "actor_reset_s", "actor_restore_s"} <= set(second)
+    assert all(0.0 < second[k] < 60.0 for k in ("actor_save_s", "actor_reset_s", "actor_restore_s"))
+    assert "actor_save_s" not in trainable.step()  # reported once, with the next step
+    trainable.stop()
+
+
+def _serve(trainable: SAM2Trainable, trial_id: str, config: dict) -> None:
+    """What Trainable.reset does before reset_config: the new trial's identity, then reset."""
+    trainable._trial_info = SimpleNamespace(trial_id=trial_id)
+    assert trainable.reset_config(config)
+
+
+def test_a_trial_paused_on_its_actor_resumes_from_memory(settings, tmp_path):
+    straight = direct(settings, CONFIG)
+    straight.train()
+    want = straight.step()
+
+    actor = direct(settings, CONFIG)
+    actor._trial_info = SimpleNamespace(trial_id="a")
+    actor._owner = "a"
+    actor.train()
+    actor.save_checkpoint(str(tmp_path / "a1"))  # the pause checkpoint of trial a
+    _serve(actor, "b", OTHER)
+    actor.train()
+    _serve(actor, "a", CONFIG)
+    actor._iteration = 1  # Trainable.restore sets it from the checkpoint before loading
+    actor.load_checkpoint(str(tmp_path / "missing"))  # not read: the state is in memory
+    got = actor.step()
+    for key in ("iou", "loss", "val_loss", "epoch"):
+        assert got[key] == want[key], key
+
+    # a restore to an OLDER checkpoint than the parked state (after a failure) reads the file
+    _serve(actor, "b", OTHER)
+    _serve(actor, "a", CONFIG)
+    actor._iteration = 1
+    actor.load_checkpoint(str(tmp_path / "a1"))
+    assert actor.tuner.epoch == 1 and actor.step()["epoch"] == 2
+    straight.stop()
+    actor.stop()
 
 
 def test_with_parameters_accepts_the_trainable():

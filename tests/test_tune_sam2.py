@@ -54,7 +54,8 @@ def test_freeze_thaw_with_micro_sam2_on_demo(tmp_path) -> None:
     assert code == 0
     check_run(output, 25, "quicktune")
     results = read_results(output / "results.json")
-    assert all(t.resumes == t.epochs - 1 for t in results.trials)  # paused after every epoch
+    # after each epoch a trial paused (resumed later) or continued in place (picked again)
+    assert all(t.resumes <= t.epochs - 1 for t in results.trials)
 
 
 @pytest.mark.slow

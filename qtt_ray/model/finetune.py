@@ -57,6 +57,34 @@ def clean_config(config: Mapping[str, Any]) -> Config:
     return SAM2_SPACE.validate({k: v for k, v in config.items() if not str(k).startswith("_")})
 
 
+class TrainingImages:
+    """The training split resized and normalised once, shared by every trial of a worker.
+
+    Without augmentation a training example is the image with jittered boxes; with it, the
+    resized S x S pair is flipped/rotated each epoch (flips and 90-degree turns commute with
+    resizing to a square). Computing these per trial cost ~30 ms of every trial switch and part
+    of each trial's first epoch; a Ray actor serving many trials computes them once.
+    """
+
+    def __init__(self, dataset: SegDataset, size: int) -> None:
+        self.dataset = dataset
+        self.size = size
+        self._fixed: dict[int, Example] = {}
+        self._resized: dict[int, tuple[Any, Any]] = {}
+
+    def fixed(self, index: int) -> Example:
+        example = self._fixed.get(index)
+        if example is None:
+            example = self._fixed[index] = make_example(self.dataset.train[index], self.size)
+        return example
+
+    def resized(self, index: int) -> tuple[Any, Any]:
+        pair = self._resized.get(index)
+        if pair is None:
+            pair = self._resized[index] = resized_pair(self.dataset.train[index], self.size)
+        return pair
+
+
 class FineTuner:
     """One trial of SAM2 fine-tuning, advanced one epoch at a time."""
 
@@ -70,6 +98,7 @@ class FineTuner:
         batch_size: int = 4,
         base: nn.Module | None = None,
         eval_examples: list[Example] | None = None,
+        train_images: TrainingImages | None = None,
     ) -> None:
         if not dataset.train:
             raise ValueError(f"dataset {dataset.name}: no training images")
@@ -110,16 +139,12 @@ class FineTuner:
             if eval_examples is not None
             else prompted_examples(dataset.val, size)
         )
-        # without augmentation a training example is its eval example with jittered boxes:
-        # resize and normalise each image once instead of every epoch
-        self._fixed_train = (
-            None
-            if self.augment.enabled
-            else [make_example(sample, size) for sample in dataset.train]
+        shared = (
+            train_images is not None
+            and train_images.dataset is dataset
+            and train_images.size == size
         )
-        # with augmentation: resize + normalise once too, then flip/rotate the S x S pair each
-        # epoch (flips and 90-degree turns commute with resizing to a square)
-        self._resized_train: dict[int, tuple[Any, Any]] = {}
+        self.train_images = train_images if shared else TrainingImages(dataset, size)
 
     # -- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
@@ -175,14 +200,11 @@ class FineTuner:
         return float(loss.detach()), batch.num_boxes
 
     def _train_example(self, index: int) -> Example:
-        if self._fixed_train is None:
-            pair = self._resized_train.get(index)
-            if pair is None:
-                pair = resized_pair(self.dataset.train[index], self.spec.image_size)
-                self._resized_train[index] = pair
+        if self.augment.enabled:
+            pair = self.train_images.resized(index)
             image, mask = augment_pair(pair[0], pair[1], self.augment, self.rng)
             return example_from_resized(image, mask, self.rng)
-        fixed = self._fixed_train[index]
+        fixed = self.train_images.fixed(index)
         size = self.spec.image_size
         boxes = jitter_boxes(fixed.boxes.numpy(), size, size, self.rng)
         return Example(fixed.image, torch.from_numpy(boxes), fixed.masks, fixed.class_ids)

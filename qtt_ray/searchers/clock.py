@@ -23,35 +23,61 @@ class BudgetClock(Protocol):
 
     def elapsed(self) -> float: ...
 
+    def step_reported(self, step_s: float) -> None: ...
+
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-class WallClock:
-    """Wall-clock budget that starts on the first question (not at construction).
+STARTUP_CAP_S = 600.0
 
-    Tune's own ``time_budget_s`` clock starts at the first controller step; starting ours on
-    the first ``remaining()`` keeps the two close. ``spent_before`` carries the time already used
-    by an interrupted experiment into a resumed one.
+
+class WallClock:
+    """Wall-clock budget that starts when the first trial step starts.
+
+    Starting a worker (process, imports, dataset, model) is start-up, like the driver's own:
+    the budget is the tuning time after it, so ``--budget 60`` buys about 60 s of decisions and
+    training whether the first worker took 3 s or a cluster node took minutes to arrive. Until
+    the first step reports (``step_reported``: it began ``step_s`` ago) the clock stands still,
+    but never longer than ``STARTUP_CAP_S`` after the first question (a worker that never
+    starts must not stall the search). ``spent_before`` carries the time already used by an
+    interrupted experiment into a resumed one.
     """
 
-    def __init__(self, budget_s: float | None) -> None:
+    def __init__(self, budget_s: float | None, startup_cap_s: float = STARTUP_CAP_S) -> None:
         self.budget_s = budget_s
-        self._start: float | None = None
+        self.startup_cap_s = startup_cap_s
+        self._asked: float | None = None  # monotonic time of the first question
+        self._start: float | None = None  # monotonic time the first step started
         self._spent_before = 0.0
 
+    def _origin(self) -> float | None:
+        if self._start is not None:
+            return self._start
+        if self._asked is not None and time.monotonic() - self._asked > self.startup_cap_s:
+            return self._asked + self.startup_cap_s
+        return None
+
     def elapsed(self) -> float:
-        if self._start is None:
+        origin = self._origin()
+        if origin is None:
             return self._spent_before
-        return self._spent_before + time.monotonic() - self._start
+        return self._spent_before + max(0.0, time.monotonic() - origin)
 
     def remaining(self) -> float | None:
-        if self._start is None:
-            self._start = time.monotonic()
+        if self._asked is None:
+            self._asked = time.monotonic()
         if self.budget_s is None:
             return None
         return self.budget_s - self.elapsed()
+
+    def step_reported(self, step_s: float) -> None:
+        if self._start is None:
+            now = time.monotonic()
+            started = now - max(0.0, step_s) if step_s == step_s else now  # NaN: now
+            capped = self._origin()
+            self._start = started if capped is None else min(started, capped)
 
     def advance(self, cost_s: float) -> None:
         """Wall time passes by itself; the epoch cost is already in it."""
@@ -61,6 +87,7 @@ class WallClock:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._spent_before = float(state.get("elapsed_s", 0.0))
+        self._asked = None
         self._start = None
 
 
@@ -83,6 +110,9 @@ class SimulatedClock:
         if self.budget_s is None:
             return None
         return self.budget_s - self.elapsed()
+
+    def step_reported(self, step_s: float) -> None:
+        """Recorded costs, not wall time, drive this clock."""
 
     def advance(self, cost_s: float) -> None:
         if cost_s == cost_s and cost_s > 0:  # NaN-safe

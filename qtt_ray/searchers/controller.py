@@ -40,6 +40,7 @@ class FreezeThawController:
         max_epochs: int = MAX_EPOCHS,
         metric: str = "iou",
         cost_key: str = "epoch_s",
+        continue_in_place: bool = False,
     ) -> None:
         if slots < 1:
             raise ValueError("slots must be at least 1")
@@ -49,6 +50,7 @@ class FreezeThawController:
         self.max_epochs = int(max_epochs)
         self.metric = metric
         self.cost_key = cost_key
+        self.continue_in_place = continue_in_place
         self._policy: Optimizer | None = None
         self._reset_bookkeeping()
 
@@ -207,6 +209,7 @@ class FreezeThawController:
         score = _number(result.get(self.metric))
         cost = _number(result.get(self.cost_key))
         cost = 0.0 if math.isnan(cost) else cost
+        self.clock.step_reported(cost)
         self.policy.tell(decision.trial_id, decision.epoch, score, cost)
         self.clock.advance(cost)
         self._epochs[ray_trial_id] = decision.epoch
@@ -222,7 +225,27 @@ class FreezeThawController:
         ):
             self._closed.add(ray_trial_id)
             return "stop"
+        if self.continue_in_place and self._decide_for_freed_slot(ray_trial_id):
+            return "continue"
         return "pause"
+
+    def _decide_for_freed_slot(self, ray_trial_id: str) -> bool:
+        """Decide now, for the slot this trial frees; True if the policy picked this trial.
+
+        Then it trains on in its actor (Tune's CONTINUE) instead of a pause -> resume round
+        trip. Only with ``continue_in_place``, which needs ``CheckpointConfig(
+        checkpoint_frequency=1)`` in the run: a pause saves a checkpoint, a CONTINUE does not.
+        Any other pick waits, decided, for ``suggest`` or ``choose_trial_to_run`` as usual: the
+        policy is asked at the same moment and with the same knowledge either way.
+        """
+        self._observed_busy = max(0, self._observed_busy - 1)  # Tune still counts it RUNNING
+        self.decide()
+        decision = self._awaiting_resume.pop(ray_trial_id, None)
+        if decision is None:
+            return False
+        self._in_flight[ray_trial_id] = decision
+        self._observed_busy += 1
+        return True
 
     def _policy_done(self, decision: Decision) -> bool:
         """Policies may say a trial is finished (threshold, no improvement) before max epochs.
@@ -338,6 +361,7 @@ class FreezeThawController:
             "max_epochs": self.max_epochs,
             "metric": self.metric,
             "cost_key": self.cost_key,
+            "continue_in_place": self.continue_in_place,
         }
         data["state"] = self.state_dict() if self._policy is not None else None
         return data
@@ -350,6 +374,7 @@ class FreezeThawController:
             max_epochs=data["max_epochs"],
             metric=data["metric"],
             cost_key=data["cost_key"],
+            continue_in_place=data.get("continue_in_place", False),
         )
         if data.get("state") is not None:
             self.load_state_dict(data["state"], give_back=False)

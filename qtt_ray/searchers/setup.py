@@ -48,14 +48,20 @@ def make_search(
     metric: str = "iou",
     trial_extras: dict[int, dict[str, Any]] | None = None,
     pool: list[Config] | None = None,
+    continue_in_place: bool = False,
 ) -> SearchSetup:
     """``quicktune`` needs ``policy_factory``; the others sample from ``space`` (or draw from
-    ``pool`` in a seeded random order, e.g. the recorded runs of a replay)."""
+    ``pool`` in a seeded random order, e.g. the recorded runs of a replay).
+
+    ``continue_in_place``: a trial the policy picks again right after its epoch trains on
+    without a pause; the run must then checkpoint every epoch
+    (``CheckpointConfig(checkpoint_frequency=1)``, as ``qtt_ray.tune`` does)."""
     if name == "quicktune":
         if policy_factory is None:
             raise ValueError("the quicktune searcher needs a policy factory")
         controller = FreezeThawController(
-            policy_factory, slots=slots, clock=clock, max_epochs=max_epochs, metric=metric
+            policy_factory, slots=slots, clock=clock, max_epochs=max_epochs, metric=metric,
+            continue_in_place=continue_in_place,
         )
         searcher = QuickTuneSearcher(controller, metric=metric, trial_extras=trial_extras)
         # no Tune stop criterion: the controller stops trials at max_epochs itself

@@ -4,15 +4,17 @@ Dataset, base model and validation examples are loaded once per actor (``setup``
 every trial the actor serves (``reset_config`` with ``reuse_actors=True``); each trial trains a
 fresh deep copy of the base. Pausing saves only the small training state (LoRA + decoder,
 optimizer, schedule, RNGs, and the best epoch's weights for the export), and a resumed trial
-trains exactly the epoch an uninterrupted one would. A corrupt checkpoint falls back to the
+trains exactly the epoch an uninterrupted one would. The actor also keeps the few trials it
+paused most recently in memory, so resuming one of them here skips building and loading it
+(``_park``). A corrupt checkpoint falls back to the
 trial's previous one (``checkpoints.load_with_fallback``). A diverged epoch reports ``iou`` NaN
 (a bad score for the policy, never a crash).
 """
 
 from __future__ import annotations
 
-import gc
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,13 @@ from ray import tune
 from qtt_ray.data import load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.evaluate import prompted_examples
-from qtt_ray.model.finetune import FineTuner
+from qtt_ray.model.finetune import FineTuner, TrainingImages, clean_config
 from qtt_ray.trainables.checkpoints import load_with_fallback
 from qtt_ray.trainables.process import process_metrics
 from qtt_ray.trainables.settings import RunSettings
+
+PARKED_TRIALS = 4  # paused trials an actor keeps in memory (see SAM2Trainable._park)
+DEFAULT_TRIAL_ID = "default"  # Trainable.trial_id outside Tune: no identity to park under
 
 
 class SAM2Trainable(tune.Trainable):
@@ -40,7 +45,12 @@ class SAM2Trainable(tune.Trainable):
         self.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
         self.base = build_model(self.spec, self.device)
         self.eval_examples = prompted_examples(self.dataset.val, self.spec.image_size)
+        self.train_images = TrainingImages(self.dataset, self.spec.image_size)
         self.tuner = self._new_tuner(config)
+        self._owner = self.trial_id  # the trial self.tuner belongs to
+        self._parked: OrderedDict[str, FineTuner] = OrderedDict()  # paused here, newest last
+        self._unrestored = False  # self.tuner came from _parked: its checkpoint need not load
+        self._actor_ops: dict[str, float] = {}  # seconds of save/reset/restore since last step
 
     def _new_tuner(self, config: dict[str, Any]) -> FineTuner:
         return FineTuner(
@@ -52,6 +62,7 @@ class SAM2Trainable(tune.Trainable):
             batch_size=self.settings.batch_size,
             base=self.base,
             eval_examples=self.eval_examples,
+            train_images=self.train_images,
         )
 
     def step(self) -> dict[str, Any]:
@@ -71,16 +82,38 @@ class SAM2Trainable(tune.Trainable):
             "step_started_unix": started_unix,
             "step_ended_unix": time.time(),
             "diverged": diverged,
+            **self._take_actor_ops(),
             "lr": self.tuner.lr,
             "best_epoch": self.tuner.best_epoch,
             "best_iou": self.tuner.best_iou,
             **process_metrics(),
         }
 
+    def _take_actor_ops(self) -> dict[str, float]:
+        """Seconds this actor spent saving, resetting and restoring since its last step: where
+        a freeze-thaw pause -> resume goes (``results.json`` sums them per trial)."""
+        ops, self._actor_ops = self._actor_ops, {}
+        return {f"actor_{name}_s": seconds for name, seconds in ops.items()}
+
+    def _count(self, name: str, started: float) -> None:
+        ops = self.__dict__.setdefault("_actor_ops", {})
+        ops[name] = ops.get(name, 0.0) + time.perf_counter() - started
+
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        started = time.perf_counter()
         self.tuner.save(checkpoint_dir)
+        self._count("save", started)
 
     def load_checkpoint(self, checkpoint: str | Path) -> None:
+        started = time.perf_counter()
+        if self._unrestored and self.tuner.epoch == self._iteration:
+            # a trial paused on this actor resumes here: its training state is still in memory
+            # and equals the checkpoint Tune saved at the pause (same epoch)
+            self._unrestored = False
+            self._count("restore", started)
+            return
+        self._unrestored = False
+
         def load(folder: str) -> int:
             self.tuner.load(folder)
             return self.tuner.epoch
@@ -88,17 +121,43 @@ class SAM2Trainable(tune.Trainable):
         epoch, fallback = load_with_fallback(checkpoint, load, getattr(self, "_storage", None))
         if fallback is not None:
             self._iteration = epoch  # Tune set it from the broken checkpoint's metadata
+        self._count("restore", started)
 
     def reset_config(self, new_config: dict[str, Any]) -> bool:
-        """Actor reuse: drop the old trial's model and optimizer, start the new one fresh."""
+        """Actor reuse: drop the old trial's model and optimizer, start the new one fresh.
+
+        No ``gc.collect()`` here: the old trial's model, optimizer and tensors have no reference
+        cycles and are freed when ``self.tuner`` is replaced (tests/test_trainable_sam2.py
+        checks it), and a full collection cost 0.25-0.9 s per trial switch in a Ray actor --
+        most of a freeze-thaw pause -> resume. The CUDA cache is kept for the next trial.
+        """
+        started = time.perf_counter()
+        self._park(self._owner, self.tuner)
         del self.tuner
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        self.tuner = self._new_tuner(new_config)
+        parked = self._parked.pop(self.trial_id, None)
+        if parked is not None and parked.config == clean_config(new_config):
+            self.tuner, self._unrestored = parked, True
+        else:
+            self.tuner, self._unrestored = self._new_tuner(new_config), False
+        self._owner = self.trial_id
         self.config = dict(new_config)
+        self._count("reset", started)
         return True
 
+    def _park(self, trial_id: str, tuner: FineTuner) -> None:
+        """Keep a paused trial's training state in memory, for a resume on this actor.
+
+        Tune still saves the checkpoint at every pause (a resume on another actor, or after a
+        failure, loads it); a resume here skips building the model and loading the file. The
+        ``PARKED_TRIALS`` most recent are kept (each holds a copy of the model on the device).
+        """
+        if trial_id == DEFAULT_TRIAL_ID or tuner.diverged or PARKED_TRIALS < 1:
+            return
+        self._parked[trial_id] = tuner
+        self._parked.move_to_end(trial_id)
+        while len(self._parked) > PARKED_TRIALS:
+            self._parked.popitem(last=False)
+
     def cleanup(self) -> None:
-        self.__dict__.pop("tuner", None)
-        gc.collect()
+        self._parked.clear()
+        self.__dict__.pop("tuner", None)  # freed by reference counting (see reset_config)
