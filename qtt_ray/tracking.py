@@ -46,9 +46,13 @@ class TrialRecorder(Callback):
         self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
         self._starts: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
-        # (start, end) wall time of every step that reported them: the gaps between consecutive
-        # steps on one slot are the pause -> resume latency (decision, checkpoint, actor switch)
-        self.step_spans: list[tuple[float, float]] = []
+        # (start, end, trial id, iteration) of every step that reported its wall times: the
+        # gaps between consecutive steps on one slot are the latency between epochs (decision,
+        # checkpoint, actor switch)
+        self.step_spans: list[tuple[float, float, str, int]] = []
+        # seconds the actors spent saving, resetting and restoring (the trainable's
+        # ``actor_<op>_s`` result keys): where the time between epochs goes
+        self.actor_ops: dict[str, list[float]] = {}
 
     def elapsed(self) -> float:
         """Tuning seconds: from the first step's start (plus an interrupted run's)."""
@@ -100,9 +104,13 @@ class TrialRecorder(Callback):
         record.epoch_s.append(_float(result.get("epoch_s", result.get("time_this_iter_s"))))
         record.train_s.append(_float(result.get("train_s", result.get("time_this_iter_s"))))
         if "step_started_unix" in result and "step_ended_unix" in result:
-            self.step_spans.append(
-                (float(result["step_started_unix"]), float(result["step_ended_unix"]))
-            )
+            self.step_spans.append((
+                float(result["step_started_unix"]), float(result["step_ended_unix"]),
+                trial.trial_id, int(result.get("training_iteration", 0)),
+            ))
+        for key, seconds in result.items():
+            if key.startswith("actor_") and key.endswith("_s") and isinstance(seconds, float):
+                self.actor_ops.setdefault(key[len("actor_"):-len("_s")], []).append(seconds)
         best = self.best_iou()
         if best is not None:
             self.timeline.append((self.elapsed(), best))
@@ -136,6 +144,7 @@ class TrialRecorder(Callback):
             "elapsed_s": self.elapsed(),
             "checkpoints": dict(self.checkpoints),
             "step_spans": [list(span) for span in self.step_spans],
+            "actor_ops": {op: list(values) for op, values in self.actor_ops.items()},
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
@@ -143,14 +152,34 @@ class TrialRecorder(Callback):
         self.timeline = [(float(a), float(b)) for a, b in state["timeline"]]
         self.spent_before = float(state.get("elapsed_s", 0.0))
         self.checkpoints = dict(state.get("checkpoints", {}))
-        self.step_spans = [(float(a), float(b)) for a, b in state.get("step_spans", [])]
+        self.step_spans = [
+            (float(span[0]), float(span[1]), str(span[2]) if len(span) > 2 else "",
+             int(span[3]) if len(span) > 3 else 0)
+            for span in state.get("step_spans", [])
+        ]
+        self.actor_ops = {op: [float(v) for v in values]
+                          for op, values in state.get("actor_ops", {}).items()}
         self.started_at = None
         self.first_step_at = None
 
     def step_gaps(self) -> list[float]:
         """Seconds between one step's end and the next step's start (meaningful with one slot)."""
+        return [gap for gap, _ in self.step_gaps_by_kind()]
+
+    def step_gaps_by_kind(self) -> list[tuple[float, str]]:
+        """Each gap with what the next step was: "continue" (the same trial's next epoch, no
+        pause), "resume" (a paused trial) or "new" (a trial's first epoch)."""
         spans = sorted(self.step_spans)
-        return [max(0.0, nxt[0] - prev[1]) for prev, nxt in zip(spans, spans[1:], strict=False)]
+        gaps = []
+        for prev, nxt in zip(spans, spans[1:], strict=False):
+            if nxt[3] <= 1:
+                kind = "new"
+            elif nxt[2] == prev[2] and nxt[3] == prev[3] + 1:
+                kind = "continue"
+            else:
+                kind = "resume"
+            gaps.append((max(0.0, nxt[0] - prev[1]), kind))
+        return gaps
 
 
 class MlflowTracker(Callback):

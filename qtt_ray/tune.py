@@ -641,9 +641,18 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
         extra["decision_s"] = sum(controller.decision_s)
         extra["decisions"] = len(controller.history)
         extra["decision_median_s"] = _median(controller.decision_s)
-    gaps = recorder.step_gaps()
+    gaps = recorder.step_gaps_by_kind()
     if gaps:
-        extra["step_gap_median_s"] = _median(gaps)  # pause -> resume latency with one slot
+        extra["step_gap_median_s"] = _median([gap for gap, _ in gaps])  # between epochs, 1 slot
+        extra["step_gaps"] = {
+            kind: {"count": len(values), "median_s": _median(values)}
+            for kind in ("continue", "resume", "new")
+            if (values := [gap for gap, k in gaps if k == kind])
+        }
+    if recorder.actor_ops:  # seconds the actors spent on save / reset / restore
+        extra["actor_s"] = {op: {"count": len(values), "median_s": _median(values),
+                                 "total_s": sum(values)}
+                            for op, values in sorted(recorder.actor_ops.items())}
     return Results(
         searcher=prep.searcher, dataset=prep.dataset_name, model=prep.model_name,
         seed=args.seed if prep.saved is None else int(prep.saved["options"]["seed"]),

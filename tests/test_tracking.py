@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -75,3 +76,25 @@ def test_unreachable_server_warns_once_and_continues(caplog) -> None:
     warnings = [r for r in caplog.records if "continuing without MLflow" in r.getMessage()]
     assert len(warnings) == 1
     assert not tracker.active
+
+
+def test_gaps_between_epochs_are_split_by_what_came_next() -> None:
+    """continue: the same trial's next epoch; resume: a paused trial; new: a first epoch. The
+    actors' save/reset/restore seconds are collected from the results."""
+    recorder = TrialRecorder()
+    steps = [("a", 1, 0.0, 1.0, {}), ("a", 2, 1.1, 2.0, {"actor_save_s": 0.03}),
+             ("b", 1, 2.5, 3.5, {"actor_save_s": 0.02, "actor_reset_s": 0.1}),
+             ("a", 3, 3.8, 4.8, {"actor_reset_s": 0.0, "actor_restore_s": 0.0})]
+    for trial_id, iteration, start, end, ops in steps:
+        trial = SimpleNamespace(trial_id=trial_id, config={"lr": 1e-3})
+        recorder.on_trial_result(0, [], trial, {"iou": 0.5, "epoch_s": end - start,
+                                                "training_iteration": iteration,
+                                                "step_started_unix": 1000.0 + start,
+                                                "step_ended_unix": 1000.0 + end, **ops})
+    kinds = recorder.step_gaps_by_kind()
+    assert [k for _, k in kinds] == ["continue", "new", "resume"]
+    assert [round(g, 3) for g, _ in kinds] == [0.1, 0.5, 0.3]
+    assert recorder.actor_ops == {"save": [0.03, 0.02], "reset": [0.1, 0.0], "restore": [0.0]}
+    restored = TrialRecorder()
+    restored.set_state(recorder.get_state())
+    assert restored.step_gaps_by_kind() == kinds and restored.actor_ops == recorder.actor_ops

@@ -1,10 +1,12 @@
 """``python -m qtt_ray.bench overhead``: where a real tuning run's budget goes.
 
 Runs ``python -m qtt_ray.tune`` (default: the micro SAM2 on the demo data, CPU, 120 s, the
-Quick-Tune searcher) and reads its ``results.json``: the share of the tuning time spent inside
-trial steps (training + validation), the median decision time of the policy, and the median gap
-between one epoch's end and the next epoch's start on the single slot (pause -> checkpoint ->
-decision -> resume). Goals from the freeze-thaw issue: >= 95 % in steps, decisions < 100 ms,
+Quick-Tune searcher) and reads its ``results.json``: the share of the tuning time (from the first
+step's start, as the budget counts) spent inside trial steps (training + validation), the median
+decision time of the policy, the median gap between one epoch's end and the next epoch's start on
+the single slot -- overall and split by what came next (the same trial continued in place, a
+paused trial resumed, a new trial) -- and the actors' median seconds per checkpoint save, trial
+reset and restore. Goals from the freeze-thaw issue: >= 95 % in steps, decisions < 100 ms,
 pause -> resume < 0.1 s.
 """
 
@@ -60,6 +62,8 @@ def measure(args: argparse.Namespace, searcher: str) -> dict[str, Any]:
         "trials": len(results["trials"]),
         "decision_median_s": extra.get("decision_median_s"),
         "step_gap_median_s": extra.get("step_gap_median_s"),
+        "step_gaps": extra.get("step_gaps", {}),
+        "actor_s": extra.get("actor_s", {}),
         "startup_s": results.get("startup_s"),
     }
 
@@ -68,15 +72,26 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     def ms(value: float | None) -> str:
         return "n/a" if value is None else f"{1000 * value:.0f} ms"
 
+    def gap(row: dict[str, Any], kind: str) -> str:
+        entry = row.get("step_gaps", {}).get(kind)
+        return "n/a" if not entry else f"{ms(entry['median_s'])} ({entry['count']})"
+
+    def op(row: dict[str, Any], name: str) -> str:
+        entry = row.get("actor_s", {}).get(name)
+        return "n/a" if not entry else ms(entry["median_s"])
+
     lines = [
         "| searcher | budget | tuning s | in trial steps | epochs | trials | median decision "
-        "| median epoch gap (pause → resume) | start-up |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| median gap between epochs | gap: continue | gap: resume | gap: new trial "
+        "| actor save / reset / restore | start-up |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['searcher']} | {r['budget_s']:g} s | {r['elapsed_s']:.1f} | {r['in_steps']:.1%} "
             f"| {r['epochs']} | {r['trials']} | {ms(r['decision_median_s'])} "
-            f"| {ms(r['step_gap_median_s'])} | {r['startup_s']:.1f} s |"
+            f"| {ms(r['step_gap_median_s'])} | {gap(r, 'continue')} | {gap(r, 'resume')} "
+            f"| {gap(r, 'new')} | {op(r, 'save')} / {op(r, 'reset')} / {op(r, 'restore')} "
+            f"| {r['startup_s']:.1f} s |"
         )
     return "\n".join(lines)
