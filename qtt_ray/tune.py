@@ -325,12 +325,21 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
     return prep
 
 
-def slots_for(args: argparse.Namespace) -> int:
-    if args.max_concurrent is not None:
-        return int(args.max_concurrent)
-    import torch
+def plan_trials(args: argparse.Namespace) -> Any:
+    """Each trial's Ray resources and the number running at once, from the cluster Ray sees
+    (``--max-concurrent`` overrides the count)."""
+    from dataclasses import replace
 
-    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+    from qtt_ray.trainables.settings import ray_nodes, trial_resources
+
+    nodes = ray_nodes()
+    plan = trial_resources(nodes, args.gpus_per_trial)
+    if args.address and "gpu" not in plan.request and args.gpus_per_trial is None:
+        print(f"{PROG}: the Ray cluster shows no GPU, so trials run on CPUs; on an autoscaling "
+              "cluster pass --gpus-per-trial 1 to ask for GPU workers", file=sys.stderr)
+    if args.max_concurrent is not None:
+        plan = replace(plan, slots=int(args.max_concurrent))
+    return plan
 
 
 def start_ray(address: str | None = None) -> None:
@@ -393,7 +402,6 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
     begin = time.monotonic()
     prep = prepare(args, given)
     prep.output.mkdir(parents=True, exist_ok=True)
-    slots = int(prep.saved["slots"]) if prep.saved else slots_for(args)
     budget = float(args.budget)
     spent = 0.0
     if prep.saved is not None:  # the interrupted run's budget, less what it used
@@ -416,11 +424,14 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
             check_budget(budget, prep, time.monotonic() - started)
         print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
               flush=True)
+    start_ray(args.address)
+    plan = plan_trials(args)
+    slots = int(prep.saved["slots"]) if prep.saved else plan.slots
     if prep.saved is None:
         write_run_file(args, prep, budget, slots)
-    start_ray(args.address)
 
-    tuner, recorder, tracker, setup = build_tuner(args, prep, slots, budget, spent, zero_shot)
+    tuner, recorder, tracker, setup = build_tuner(args, prep, slots, budget, spent, zero_shot,
+                                                  plan.request)
     status = "FAILED"
     try:
         if tracker is not None:
@@ -506,12 +517,10 @@ def quicktune_policy_factory(args: argparse.Namespace, prep: Prepared) -> Any:
                              dict(prep.meta_features or {}), args.seed)
 
 
-def build_trainable(args: argparse.Namespace, prep: Prepared) -> Any:
+def build_trainable(args: argparse.Namespace, prep: Prepared,
+                    resources: dict[str, float]) -> Any:
     from ray import tune
 
-    from qtt_ray.trainables.settings import default_resources
-
-    resources = default_resources(args.gpus_per_trial)
     if prep.replay is not None:
         from qtt_ray.trainables.replay_trainable import ReplayTrainable
 
@@ -526,7 +535,8 @@ def build_trainable(args: argparse.Namespace, prep: Prepared) -> Any:
 
 
 def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: float,
-                spent: float = 0.0, zero_shot: float | None = None) -> Any:
+                spent: float = 0.0, zero_shot: float | None = None,
+                resources: dict[str, float] | None = None) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
 
@@ -536,7 +546,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
     from qtt_ray.space import SAM2_SPACE
     from qtt_ray.tracking import MlflowTracker, TrialRecorder
 
-    trainable = build_trainable(args, prep)
+    trainable = build_trainable(args, prep, resources or {"cpu": 1.0})
     remaining = max(1.0, budget - spent)
     if args.resume is not None:
         path = f"{prep.storage.rstrip('/')}/{prep.experiment}"

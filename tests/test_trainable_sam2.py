@@ -16,6 +16,7 @@ from ray.tune.trainable import trainable as trainable_module
 from qtt_ray.data import Sample, write_dataset_folder
 from qtt_ray.model.build import ModelError
 from qtt_ray.trainables import RunSettings, SAM2Trainable, default_resources
+from qtt_ray.trainables.settings import TrialResources, trial_resources
 
 CONFIG = {
     "lora": 1, "lora_rank": 4, "lora_dropout": 0.1, "lr": 2e-3, "weight_decay": 0.0,
@@ -197,3 +198,18 @@ def test_default_resources():
         assert resources["gpu"] == 1.0 and default_resources(0.5)["gpu"] == 0.5
     else:
         assert set(resources) == {"cpu"} and resources["cpu"] >= 1
+
+
+def test_trial_resources_follow_the_cluster_not_the_driver():
+    head, gpu_worker = {"CPU": 4.0}, {"CPU": 4.0, "GPU": 1.0}
+    # a CPU head with two GPU workers: one GPU per trial, one trial per GPU
+    assert trial_resources([head, gpu_worker, gpu_worker]) == TrialResources(
+        {"cpu": 1.0, "gpu": 1.0}, 2)
+    assert trial_resources([head, gpu_worker], gpus_per_trial=0.5).slots == 2
+    # an autoscaling cluster before its GPU workers arrive: GPU trials only when asked for
+    assert trial_resources([head], gpus_per_trial=1) == TrialResources({"cpu": 1.0, "gpu": 1.0}, 1)
+    assert trial_resources([head]) == TrialResources({"cpu": 4.0}, 1)
+    # CPU trials take the smallest node's cores, one trial per node; 0 forces CPU trials
+    assert trial_resources([{"CPU": 2.0}, {"CPU": 8.0}]) == TrialResources({"cpu": 2.0}, 5)
+    assert trial_resources([gpu_worker], gpus_per_trial=0, cpus_per_trial=2) == TrialResources(
+        {"cpu": 2.0}, 2)

@@ -79,3 +79,39 @@ def test_paused_trial_resumes_on_the_other_node(tmp_path) -> None:
     assert len(result["nodes"]) == 2
     assert result["moved"], "no trial was resumed on a different node"
     assert result["curves_ok"]
+
+
+ADDRESS_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from ray.cluster_utils import Cluster
+    from qtt_ray import tune as qtt_tune
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    code = qtt_tune.main(["--address", cluster.address, "--model", "micro", "--budget", "15",
+                          "--searcher", "quicktune", "--num-images", "12", "--pool-size", "8",
+                          "--output", sys.argv[1], "--mlflow-uri", "none", "--quiet"])
+    print("RESULT " + json.dumps({"code": code}))
+    import ray
+    ray.shutdown()  # before the cluster: else Ray's "current cluster" file names a dead one
+    cluster.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_tune_joins_a_running_cluster_with_address(tmp_path) -> None:
+    """``python -m qtt_ray.tune --address`` plans trials from the cluster's nodes (two nodes of
+    one CPU: two one-CPU trials at once), not from the driver's machine."""
+    output = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", ADDRESS_SCRIPT, str(output)],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    assert json.loads(lines[-1][len("RESULT "):])["code"] == 0
+    run = json.loads((output / "run.json").read_text())
+    assert run["slots"] == 2
+    results = json.loads((output / "results.json").read_text())
+    assert sum(t["epochs"] for t in results["trials"]) >= 2

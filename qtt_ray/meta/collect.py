@@ -368,7 +368,7 @@ def collect(
     import ray
     from ray import tune
 
-    from qtt_ray.trainables.settings import RunSettings, default_resources
+    from qtt_ray.trainables.settings import RunSettings, ray_nodes, trial_resources
 
     if not 1 <= epochs <= MAX_EPOCHS:
         raise CollectError(
@@ -399,7 +399,7 @@ def collect(
 
     if not ray.is_initialized():
         ray.init(logging_level="ERROR")
-    resources = default_resources(gpus_per_trial, cpus_per_trial)
+    resources = trial_resources(ray_nodes(), gpus_per_trial, cpus_per_trial).request
     trainable = tune.with_resources(
         tune.with_parameters(_collect_trainable(), settings_by_dataset=run_settings,
                              epochs=epochs),

@@ -56,13 +56,51 @@ class RunSettings:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial asks Ray for, and how many such trials the cluster runs at once."""
+
+    request: dict[str, float]
+    slots: int
+
+
+def trial_resources(
+    nodes: list[dict[str, float]],
+    gpus_per_trial: float | None = None,
+    cpus_per_trial: int | None = None,
+) -> TrialResources:
+    """Plan trials from the Ray cluster's nodes (each node's resources, e.g. ``{"CPU": 8,
+    "GPU": 1}``), not from the driver's machine: on a cluster the driver often runs on a CPU
+    head while the GPUs are on the workers.
+
+    GPU trials (one GPU each, or ``gpus_per_trial``) when the cluster has GPUs or when
+    ``gpus_per_trial > 0`` is asked for -- an autoscaling cluster shows no GPU node until trials
+    ask for one. Otherwise CPU trials that take every core of the smallest node (two threads
+    train about twice as fast as one, and freeze-thaw trains one configuration at a time), one
+    per node. ``gpus_per_trial=0`` forces CPU trials.
+    """
+    gpus = [float(node.get("GPU", 0.0)) for node in nodes]
+    wants_gpu = gpus_per_trial is not None and gpus_per_trial > 0
+    if wants_gpu or (gpus_per_trial is None and sum(gpus) > 0):
+        share = float(gpus_per_trial or 1.0)
+        slots = sum(int(g / share + 1e-9) for g in gpus)
+        return TrialResources({"cpu": float(cpus_per_trial or 1), "gpu": share}, max(1, slots))
+    cpus = [float(node.get("CPU", 0.0)) for node in nodes if node.get("CPU", 0.0) >= 1]
+    per_trial = float(cpus_per_trial or (min(cpus) if cpus else os.cpu_count() or 1))
+    slots = sum(int(c // per_trial) for c in cpus)
+    return TrialResources({"cpu": per_trial}, max(1, slots))
+
+
+def ray_nodes() -> list[dict[str, float]]:
+    """The resources of every alive node of the running Ray cluster (after ``ray.init``)."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
 def default_resources(
     gpus_per_trial: float | None = None, cpus_per_trial: int | None = None
 ) -> dict[str, float]:
-    """What one trial asks Ray for: a GPU (or the given fraction) when CUDA is available,
-    otherwise CPUs only. On CPU the default is all cores of this machine, i.e. one trial at a
-    time: two threads train twice as fast as one, and freeze-thaw trains one config at a time
-    anyway. ``gpus_per_trial=0`` forces CPU trials."""
-    if torch.cuda.is_available() and (gpus_per_trial is None or gpus_per_trial > 0):
-        return {"cpu": float(cpus_per_trial or 1), "gpu": float(gpus_per_trial or 1.0)}
-    return {"cpu": float(cpus_per_trial or os.cpu_count() or 1)}
+    """One trial's request on THIS machine alone (see ``trial_resources`` for a cluster)."""
+    local = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    return trial_resources([local], gpus_per_trial, cpus_per_trial).request
