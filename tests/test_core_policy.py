@@ -243,3 +243,37 @@ def test_the_first_decision_takes_the_best_predicted_configuration() -> None:
     # EI against "nothing seen" is ~ the mean, so dividing it by cost picks a cheap one instead
     by_cost = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False, prior_first=False).ask()
     assert by_cost is not None and by_cost.trial_id != first.trial_id
+
+
+def test_adaptation_time_is_a_share_of_the_task_epoch_seconds() -> None:
+    """On a machine where trials and policy share cores, adaptation is taken from training: it
+    gets at most ``adapt_share`` of the median epoch, and never more than ``adapt_time_s``."""
+    bounded = policy(adapt_time_s=0.25, adapt_share=0.03)
+    assert bounded._adapt_seconds() == 0.25  # no epoch seen yet
+    decision = bounded.ask()
+    bounded.tell(decision.trial_id, 1, 0.4, 2.0)
+    assert bounded._adapt_seconds() == pytest.approx(0.06)
+    slow = policy(adapt_time_s=0.25, adapt_share=0.03)
+    decision = slow.ask()
+    slow.tell(decision.trial_id, 1, 0.4, 60.0)  # 3 % of 60 s is 1.8 s: the cap wins
+    assert slow._adapt_seconds() == 0.25
+    steps_only = policy(adapt_time_s=None)  # deterministic replays: no wall-clock bound
+    decision = steps_only.ask()
+    steps_only.tell(decision.trial_id, 1, 0.4, 2.0)
+    assert steps_only._adapt_seconds() is None
+
+
+def test_background_adaptation_gives_the_decisions_of_a_lagged_synchronous_one() -> None:
+    """The next ask always waits for the adaptation it uses, so decisions do not depend on
+    thread timing: two runs with the same observations decide the same."""
+    runs = []
+    for _ in range(2):
+        p = policy(n=6, adapt_steps=5, adapt_time_s=None, seed=3)
+        order = []
+        for _ in range(8):
+            d = p.ask()
+            order.append((d.trial_id, d.epoch))
+            p.tell(d.trial_id, d.epoch, curve_score(d.config, d.epoch), 1.0)
+        runs.append(order)
+        p.close()
+    assert runs[0] == runs[1]
