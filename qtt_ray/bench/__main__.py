@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder")
     replay.add_argument("--cache-dir", type=Path, default=None,
                         help="where meta-trained predictors are cached (default: OUT/cache)")
+    replay.add_argument("--predictor-seed", default="episode", metavar="SEED|episode",
+                        help="seed of the predictors meta-trained per fold: 'episode' (default) "
+                             "meta-trains them with each episode's seed, so the seeds also "
+                             "cover meta-training's randomness; an integer fixes one seed")
     replay.add_argument("--jobs", type=int, default=1,
                         help="test datasets replayed in parallel processes")
     throughput.add_parser(commands)
@@ -75,7 +79,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if any(b <= 0 for b in budgets):
         option = "--budget-fractions" if fractions else "--budgets"
         raise BenchError(f"{option}: budgets must be positive")
+    if args.predictor_seed != "episode" and not str(args.predictor_seed).isdigit():
+        raise BenchError(f"--predictor-seed {args.predictor_seed!r}: give 'episode' or an "
+                         "integer >= 0")
     return Settings(
+        predictor_seed=None if args.predictor_seed == "episode" else int(args.predictor_seed),
         methods=check_methods(list(dict.fromkeys(args.methods))),
         budgets=sorted(budgets),
         fractions=fractions,

@@ -52,6 +52,7 @@ class Settings:
     rules: ClockRules = field(default_factory=ClockRules)
     cache_dir: Path | None = None
     jobs: int = 1
+    predictor_seed: int | None = None  # None: each episode's seed (see FoldCache)
 
     def labels(self) -> list[str]:
         return [budget_label(b, self.fractions) for b in self.budgets]
@@ -112,7 +113,7 @@ def episodes_for(train: MetaDataset, test: MetaDataset, dataset: str, seeds: lis
 def run_dataset(train: MetaDataset, test: MetaDataset, dataset: str,
                 settings: Settings) -> list[dict[str, Any]]:
     """Replay every method on every seed of one test dataset; one record per episode."""
-    cache = FoldCache(settings.cache_dir)
+    cache = FoldCache(settings.cache_dir, predictor_seed=settings.predictor_seed)
     scale = full_training_cost(test.runs_of(dataset), test.max_epochs) if settings.fractions else 1
     budgets_s = [b * scale for b in settings.budgets]
     horizon = max(budgets_s)
