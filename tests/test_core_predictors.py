@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from scipy.stats import spearmanr
 
 from qtt_ray.core import (
     PredictorError,
@@ -17,7 +19,10 @@ from qtt_ray.core import (
     train_predictors,
     untrained_predictors,
 )
-from qtt_ray.core.training import TrainingSettings
+from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.performance import PerformancePredictor
+from qtt_ray.core.samples import arrays_from_runs, dataset_arrays
+from qtt_ray.core.training import TrainingSettings, _train_prior, per_dataset_quality
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import SAM2_SPACE, Categorical, Condition, Float, Ordinal, SearchSpace
 
@@ -203,3 +208,35 @@ def test_cost_level_uses_the_one_informative_meta_feature() -> None:
     assert rows @ weights + bias == pytest.approx(levels, abs=0.3)  # ridge shrinks a little
     flat, flat_bias = fit_level(rows, np.full(8, 1.5))  # nothing to explain: the mean level
     assert np.all(flat == 0.0) and flat_bias == pytest.approx(1.5)
+
+
+def test_prior_targets_are_per_dataset_ranks_that_one_diverged_run_cannot_squash() -> None:
+    meta = synthetic_meta(1, runs_per_dataset=6)
+    spec = FeatureSpec.fit(SPACE, meta.meta_features, meta.meta_feature_names, 10)
+    runs = meta.runs_of("ds0")
+    finals = [0.5, 0.52, 0.54, 0.56, 0.58, 0.6]
+    for run, final in zip(runs, finals, strict=True):
+        run.scores = np.full(10, final)
+    clean = per_dataset_quality(arrays_from_runs(spec, "ds0", runs, meta.meta_features["ds0"]))
+    runs[0].scores = np.full(10, np.nan)  # the worst run diverges: IoU 0 instead of 0.5
+    runs[1].scores = np.full(10, np.nan)  # so does the next one: a tie at the bottom
+    diverged = per_dataset_quality(arrays_from_runs(spec, "ds0", runs, meta.meta_features["ds0"]))
+    assert np.all(np.diff(clean) > 0) and clean.mean() == pytest.approx(0.0, abs=1e-12)
+    assert diverged[0] == diverged[1] < diverged[2]  # ties share their rank
+    assert diverged[2:] == pytest.approx(clean[2:])  # the others keep their spread
+
+
+def test_prior_group_lasso_switches_off_uninformative_inputs() -> None:
+    meta = synthetic_meta(4, runs_per_dataset=40)  # only lr drives the score
+    spec = FeatureSpec.fit(SPACE, meta.meta_features, meta.meta_feature_names, 10)
+    arrays = [dataset_arrays(spec, meta, d) for d in meta.datasets]
+    lr_column = SPACE.encoded_columns().index("lr")
+    share = {}
+    for penalty in (0.0, 0.3):
+        predictor = PerformancePredictor(spec, seed=0)
+        _train_prior(predictor, arrays, 0, TrainingSettings(prior_group_lasso=penalty))
+        norms = predictor.model.prior.w1.detach().pow(2).sum(dim=(0, 2)).sqrt().numpy()
+        share[penalty] = norms[lr_column] / norms.sum()
+        quality = predictor.model.prior(torch.as_tensor(arrays[0].configs)).detach().numpy()
+        assert spearmanr(quality, arrays[0].scores[:, -1]).statistic > 0.8
+    assert share[0.3] > 2 * share[0.0]

@@ -54,11 +54,12 @@ class PerformanceArchitecture:
 
 
 class ConfigPrior(nn.Module):
-    """An ensemble of small MLPs: configuration -> quality within a dataset (z-score scale).
+    """An ensemble of small MLPs: configuration -> quality within a dataset (normal-score scale).
 
-    Meta-trained first, on each training dataset's best scores z-scored per dataset, so the
-    datasets' different score levels cannot dominate (measured LOO on the SAM2 curves: raw-score
-    targets rank a held-out dataset's runs at Spearman 0.47, per-dataset z-scores at 0.6-0.7).
+    Meta-trained first, on each training dataset's best scores as gaussianised ranks per dataset,
+    so the datasets' different score levels cannot dominate (measured LOO on the SAM2 curves:
+    raw-score targets rank a held-out dataset's runs at Spearman 0.47, per-dataset z-scores at
+    0.6-0.7).
     It is then frozen and feeds the deep kernel and the GP mean: with no point of a new task the
     GP mean ranks configurations through it. Members are batched weights (one einsum each).
     """
@@ -83,6 +84,11 @@ class ConfigPrior(nn.Module):
 
     def forward(self, config: torch.Tensor) -> torch.Tensor:
         return self.members(config).mean(dim=0)
+
+    def input_group_norm(self) -> torch.Tensor:
+        """Sum over members and input columns of the norm of that column's first-layer weights:
+        the group-lasso penalty that switches whole inputs off."""
+        return self.w1.pow(2).sum(dim=2).add(1e-12).sqrt().sum()
 
 
 class FeatureExtractor(nn.Module):
