@@ -58,8 +58,12 @@ def fit(
     callbacks: list[Any] | None = None,
     time_budget_s: float | None = None,
 ) -> tuple[Any, float]:
-    """Run a Tuner the way qtt_ray.tune does (actor reuse, no concurrency limiter)."""
+    """Run a Tuner the way qtt_ray.tune does (actor reuse, no concurrency limiter, the time
+    budget counted from the first step as ``qtt_ray.tune``'s stopper does: on a loaded machine
+    an actor's start-up alone can take longer than a short test budget)."""
     from ray import tune
+
+    from qtt_ray.searchers.budget_stopper import tuning_stopper
 
     tuner = tune.Tuner(
         trainable,
@@ -70,12 +74,11 @@ def fit(
             reuse_actors=True,
             metric="iou",
             mode="max",
-            time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(
             name=name,
             storage_path=str(storage),
-            stop=setup.stop,
+            stop=tuning_stopper(setup.stop, time_budget_s),
             callbacks=callbacks or [],
             verbose=0,
         ),

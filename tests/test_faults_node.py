@@ -70,7 +70,7 @@ SCRIPT = textwrap.dedent(
     )
     trainable = tune.with_resources(
         tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
-                             time_scale=0.1), {"cpu": 1})
+                             time_scale=0.2), {"cpu": 1})  # long enough to be caught running
     killer, recorder = NodeKiller(after=8), TrialRecorder()
     tuner = tune.Tuner(
         trainable,
