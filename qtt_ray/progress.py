@@ -22,6 +22,8 @@ from typing import Any, TextIO
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from qtt_ray.searchers.clock import step_seconds
+
 TICK_S = 1.0  # how often a terminal line is redrawn between events
 
 
@@ -195,9 +197,8 @@ class ProgressCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list[Trial], trial: Trial, result: dict,
                         **info: Any) -> None:
         if self._started_at is None:  # tuning time counts from the first step's start,
-            step_s = result.get("epoch_s", result.get("time_this_iter_s"))  # as the budget
-            valid = isinstance(step_s, (int, float)) and math.isfinite(step_s) and step_s > 0
-            self._started_at = time.monotonic() - (float(step_s) if valid else 0.0)
+            step_s = step_seconds(result)  # as the budget does
+            self._started_at = time.monotonic() - (step_s if math.isfinite(step_s) else 0.0)
         self.state.epochs += 1
         value = result.get(self.metric)
         if isinstance(value, (int, float)) and math.isfinite(value):

@@ -22,6 +22,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from qtt_ray.results import TrialRecord
+from qtt_ray.searchers.clock import step_seconds
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ class TrialRecorder(Callback):
         record = self._record(trial)
         if self.first_step_at is None:
             now = time.monotonic()
-            step_s = _float(result.get("epoch_s", result.get("time_this_iter_s")))
-            self.first_step_at = now - step_s if math.isfinite(step_s) and step_s > 0 else now
+            step_s = step_seconds(result)
+            self.first_step_at = now - step_s if math.isfinite(step_s) else now
             if self.started_at is not None:
                 self.first_step_at = max(self.first_step_at, self.started_at)
         value = _float(result.get(self.metric))

@@ -535,8 +535,7 @@ def build_trainable(args: argparse.Namespace, prep: Prepared,
 
 
 def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: float,
-                spent: float = 0.0, zero_shot: float | None = None,
-                resources: dict[str, float] | None = None) -> Any:
+                spent: float, zero_shot: float | None, resources: dict[str, float]) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
 
@@ -546,7 +545,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
     from qtt_ray.space import SAM2_SPACE
     from qtt_ray.tracking import MlflowTracker, TrialRecorder
 
-    trainable = build_trainable(args, prep, resources or {"cpu": 1.0})
+    trainable = build_trainable(args, prep, resources)
     remaining = max(1.0, budget - spent)
     if args.resume is not None:
         path = f"{prep.storage.rstrip('/')}/{prep.experiment}"

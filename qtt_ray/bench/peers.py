@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from qtt_ray.bench import BenchError
-from qtt_ray.core.protocol import Decision, Incumbent
+from qtt_ray.core.protocol import Decision, Incumbent, best_observed
 from qtt_ray.meta.dataset import MetaDataset
 from qtt_ray.space import Config, SearchSpace
 
@@ -73,12 +73,7 @@ class PoolOptimizer(ABC):
         self.running.discard(trial_id)
 
     def incumbent(self) -> Incumbent | None:
-        best: Incumbent | None = None
-        for trial, curve in enumerate(self.curves):
-            for epoch, score in enumerate(curve, start=1):
-                if math.isfinite(score) and (best is None or score > best.score):
-                    best = Incumbent(trial, self.configs[trial], epoch, score)
-        return best
+        return best_observed(self.curves, self.configs)
 
     def state_dict(self) -> dict[str, Any]:
         return {

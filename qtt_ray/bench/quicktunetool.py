@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qtt_ray.bench import BenchError
-from qtt_ray.core.protocol import Decision, Incumbent
+from qtt_ray.core.protocol import Decision, Incumbent, best_observed
 from qtt_ray.meta.dataset import MetaDataset
 from qtt_ray.space import Categorical, Config
 
@@ -135,12 +135,7 @@ class QuickTuneToolOptimizer:
         return None
 
     def incumbent(self) -> Incumbent | None:
-        best = None
-        for trial, curve in enumerate(self.curves):
-            for epoch, score in enumerate(curve, start=1):
-                if math.isfinite(score) and (best is None or score > best.score):
-                    best = Incumbent(trial, self.configs[trial], epoch, score)
-        return best
+        return best_observed(self.curves, self.configs)
 
     def state_dict(self) -> dict[str, Any]:
         return {"curves": self.curves}

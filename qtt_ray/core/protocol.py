@@ -9,6 +9,7 @@ never handed out twice.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -62,3 +63,13 @@ class Optimizer(Protocol):
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def best_observed(curves: list[list[float]], configs: list[Config]) -> Incumbent | None:
+    """The best finite score in per-trial curves (trial id = index), first one on ties."""
+    best: Incumbent | None = None
+    for trial, curve in enumerate(curves):
+        for epoch, score in enumerate(curve, start=1):
+            if math.isfinite(score) and (best is None or score > best.score):
+                best = Incumbent(trial, configs[trial], epoch, float(score))
+    return best

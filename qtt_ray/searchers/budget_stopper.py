@@ -13,7 +13,7 @@ from typing import Any
 
 from ray.tune.stopper import CombinedStopper, Stopper
 
-from qtt_ray.searchers.clock import STARTUP_CAP_S, WallClock
+from qtt_ray.searchers.clock import STARTUP_CAP_S, WallClock, step_seconds
 
 
 class TuningBudgetStopper(Stopper):
@@ -25,8 +25,7 @@ class TuningBudgetStopper(Stopper):
         self.clock = WallClock(self.budget_s, startup_cap_s)
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        step_s = result.get("epoch_s", result.get("time_this_iter_s"))
-        self.clock.step_reported(float(step_s) if step_s is not None else float("nan"))
+        self.clock.step_reported(step_seconds(result))
         return False
 
     def stop_all(self) -> bool:

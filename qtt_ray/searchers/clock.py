@@ -8,6 +8,7 @@ outside it.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Protocol
 
@@ -31,6 +32,17 @@ class BudgetClock(Protocol):
 
 
 STARTUP_CAP_S = 600.0
+
+
+def step_seconds(result: dict[str, Any]) -> float:
+    """Seconds of the step a Tune result reports (the trainable's ``epoch_s``, else Tune's
+    ``time_this_iter_s``); NaN when neither is a finite positive number."""
+    value = result.get("epoch_s", result.get("time_this_iter_s"))
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+    return seconds if math.isfinite(seconds) and seconds > 0 else float("nan")
 
 
 class WallClock:
