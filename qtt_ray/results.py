@@ -98,6 +98,8 @@ class Results:
     final_eval_s: float
     trials: list[TrialRecord]
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. decision_s, exported adapter
+    # after the budget: stopping trials, final checkpoints, Tune's last snapshot (not tuning)
+    shutdown_s: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,6 +129,7 @@ class Results:
             final_eval_s=float(data["final_eval_s"]),
             trials=[TrialRecord.from_json(t) for t in data["trials"]],
             extra=dict(data.get("extra", {})),
+            shutdown_s=float(data.get("shutdown_s", 0.0)),
         )
 
 

@@ -44,6 +44,7 @@ class TrialRecorder(Callback):
         # the first step began (monotonic): tuning time counts from here, as the budget does
         # (searchers.clock.WallClock); before it, workers were starting up
         self.first_step_at: float | None = None
+        self.last_result_at: float | None = None  # the latest result arrived (monotonic)
         self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
         self._starts: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
@@ -67,6 +68,23 @@ class TrialRecorder(Callback):
             return 0.0
         return max(0.0, self.first_step_at - self.started_at)
 
+    def split_after_first_step(self, fit_end: float, budget_left_s: float) -> tuple[float, float]:
+        """(tuning, shutdown) seconds of ``Tuner.fit`` after the first step, ending at
+        ``fit_end`` (monotonic).
+
+        Tuning lasts until the budget's deadline, or until the last result if that came later
+        (an epoch may end past the deadline) or the run ended earlier. What follows it --
+        stopping the trials, the final checkpoints, Tune's last experiment snapshot -- is
+        shutdown, reported apart like the start-up: the issue counts the overhead "within the
+        budget".
+        """
+        if self.first_step_at is None:
+            return 0.0, 0.0
+        deadline = self.first_step_at + max(budget_left_s, 0.0)
+        last = self.last_result_at if self.last_result_at is not None else fit_end
+        end = min(fit_end, max(last, deadline))
+        return max(0.0, end - self.first_step_at), max(0.0, fit_end - end)
+
     def setup(self, **info: Any) -> None:
         if self.started_at is None:
             self.started_at = time.monotonic()
@@ -89,6 +107,7 @@ class TrialRecorder(Callback):
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
         record = self._record(trial)
+        self.last_result_at = time.monotonic()
         if self.first_step_at is None:
             now = time.monotonic()
             step_s = step_seconds(result)
@@ -162,6 +181,7 @@ class TrialRecorder(Callback):
                           for op, values in state.get("actor_ops", {}).items()}
         self.started_at = None
         self.first_step_at = None
+        self.last_result_at = None
 
     def step_gaps(self) -> list[float]:
         """Seconds between one step's end and the next step's start (meaningful with one slot)."""
@@ -260,6 +280,23 @@ class MlflowTracker(Callback):
             return None
 
     # -- Tune hooks -------------------------------------------------------------------------
+    def split_after_first_step(self, fit_end: float, budget_left_s: float) -> tuple[float, float]:
+        """(tuning, shutdown) seconds of ``Tuner.fit`` after the first step, ending at
+        ``fit_end`` (monotonic).
+
+        Tuning lasts until the budget's deadline, or until the last result if that came later
+        (an epoch may end past the deadline) or the run ended earlier. What follows it --
+        stopping the trials, the final checkpoints, Tune's last experiment snapshot -- is
+        shutdown, reported apart like the start-up: the issue counts the overhead "within the
+        budget".
+        """
+        if self.first_step_at is None:
+            return 0.0, 0.0
+        deadline = self.first_step_at + max(budget_left_s, 0.0)
+        last = self.last_result_at if self.last_result_at is not None else fit_end
+        end = min(fit_end, max(last, deadline))
+        return max(0.0, end - self.first_step_at), max(0.0, fit_end - end)
+
     def setup(self, **info: Any) -> None:
         self.start()
 

@@ -441,7 +441,8 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         tuning_start = time.monotonic()
         with InterruptWatch() as watch:
             tuner.fit()
-        fit_s = time.monotonic() - tuning_start
+        fit_end = time.monotonic()
+        fit_s = fit_end - tuning_start
         # the budget counts from the first step (searchers.clock.WallClock): the workers'
         # start-up before it is start-up, reported as such
         worker_startup_s = min(recorder.worker_startup_s(), fit_s)
@@ -453,8 +454,13 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
             return INTERRUPTED_EXIT
         status = "FINISHED"
         final_start = time.monotonic()
+        if recorder.first_step_at is not None:
+            elapsed, shutdown_s = recorder.split_after_first_step(fit_end, budget - spent)
+        else:
+            shutdown_s = 0.0
         results = summarise(args, prep, budget, zero_shot, startup_s, spent + elapsed, recorder,
                             setup)
+        results.shutdown_s = shutdown_s
         if prep.replay is None:
             results.extra.update(export_best(recorder, results, prep, device))
             draw_pictures(prep, results, device, base)
@@ -724,7 +730,8 @@ def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,
          "best_iou": results.best_iou if results.best_iou is not None else float("nan"),
          "elapsed_s": results.elapsed_s,
          "train_s": results.train_s, "overhead_s": results.overhead_s,
-         "startup_s": results.startup_s, "trials": len(results.trials)},
+         "startup_s": results.startup_s, "shutdown_s": results.shutdown_s,
+         "trials": len(results.trials)},
         {k: v for k, v in (results.best_config or {}).items()},
     )
     tracker.log_timeline(recorder.timeline)
@@ -747,6 +754,7 @@ def print_table(results: Results, output: Path) -> None:
         ("seconds: tuning", f"{results.elapsed_s:.1f} of {results.budget_s:g} budget"),
         ("  training (in trials)", f"{results.train_s:.1f}"),
         ("  overhead", f"{results.overhead_s:.1f}"),
+        ("seconds: shutdown", f"{results.shutdown_s:.1f}"),
         ("seconds: final export", f"{results.final_eval_s:.1f}"),
         ("output", str(output)),
     ]

@@ -9,11 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import qtt_ray.bench.replay as replay_module
 from qtt_ray.bench.__main__ import main
 from qtt_ray.bench.clock import ClockRules, replay
+from qtt_ray.bench.methods import METHODS
 from qtt_ray.bench.peers import Hyperband, RandomFull
-from qtt_ray.bench.replay import budget_label, draw_pool, full_training_cost
-from qtt_ray.meta.dataset import Run
+from qtt_ray.bench.replay import Settings, budget_label, draw_pool, full_training_cost, run_dataset
+from qtt_ray.bench.stats import normalised_regret, pool_range
+from qtt_ray.core.protocol import Decision
+from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import SAM2_SPACE
 
 CONFIGS = SAM2_SPACE.sample_many(6, seed=0)
@@ -113,3 +117,51 @@ def test_meta_trained_quicktune_replays(shared_dir: Path, tmp_path: Path) -> Non
     assert list((out / "cache").glob("predictors-*/predictors.json"))  # cached per fold
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["quicktune"]["60"]["regret_mean"] <= 1.0
+
+
+class DeadlineAware:
+    """Trains trial 0 when the first deadline it sees is short, trial 1 otherwise."""
+
+    def __init__(self) -> None:
+        self.trial: int | None = None
+        self.epoch = 0
+
+    def ask(self, remaining_s: float | None = None) -> Decision | None:
+        if self.trial is None:
+            self.trial = 0 if remaining_s is not None and remaining_s < 100 else 1
+        if self.epoch >= 3:
+            return None
+        self.epoch += 1
+        return Decision(self.trial, dict(CONFIGS[self.trial]), self.epoch, self.epoch == 1)
+
+    def tell(self, trial_id: int, epoch: int, score: float, cost_s: float) -> None:
+        return None
+
+    def release(self, trial_id: int) -> None:
+        return None
+
+    def incumbent(self) -> None:
+        return None
+
+
+def test_per_budget_horizon_gives_budget_aware_methods_each_deadline(monkeypatch) -> None:
+    """per-budget: a method that plans with remaining_s is replayed with each budget as its
+    deadline (as `--budget B` runs it); anytime: one replay to the largest budget."""
+    runs = pool()  # trial 1 scores 0.2x, trial 0 0.1x; epochs cost 10 and 11 s
+    other = [Run(f"o{i}", "other", c, [0.5] * 3, [10.0] * 3) for i, c in enumerate(CONFIGS)]
+    meta = MetaDataset(SAM2_SPACE, runs + other, {"d": {}, "other": {}})
+    monkeypatch.setitem(METHODS, "deadline", lambda ep, cache: DeadlineAware)
+    monkeypatch.setattr(replay_module, "BUDGET_AWARE", frozenset({"deadline"}))
+    rules = ClockRules(count_decision_time=False)
+
+    def regrets(horizon: str) -> list[float]:
+        settings = Settings(methods=["deadline"], budgets=[35.0, 500.0], seeds=[0],
+                            rules=rules, horizon=horizon)
+        (record,) = run_dataset(meta, meta, "d", settings)
+        return record["regret"]
+
+    best, worst = pool_range(runs)
+    short = normalised_regret(best, worst, runs[0].scores[2])  # trial 0 trained in 30 s
+    full = normalised_regret(best, worst, runs[1].scores[2])  # trial 1 (33 s) by 35 s
+    assert regrets("per-budget") == pytest.approx([short, full])
+    assert regrets("anytime") == pytest.approx([full, full])

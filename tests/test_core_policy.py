@@ -219,8 +219,9 @@ def test_lookahead_asks_about_the_epoch_reachable_within_the_budget() -> None:
     assert reached[first.trial_id] == 1 + 3  # three more 10-s epochs fit into 35 s
     assert all(t == 1 for trial, t in reached.items() if trial != first.trial_id)  # 2 x 18 > 35
     assert set(target_epochs(p, remaining_s=None)) == {10}  # no budget: the curve's end
-    classic = policy(n=3)  # the default: EI at the next epoch
+    classic = policy(n=3)  # the default: EI at the next epoch, budget or not
     assert set(target_epochs(classic, remaining_s=None)) == {1}
+    assert set(target_epochs(classic, remaining_s=35.0)) == {1}
 
 
 def test_an_unknown_acquisition_is_a_one_line_policy_error() -> None:
@@ -231,10 +232,13 @@ def test_an_unknown_acquisition_is_a_one_line_policy_error() -> None:
 def test_the_first_decision_takes_the_best_predicted_configuration() -> None:
     predictors = PREDICTORS.copy()
     weight = predictors.performance.model.mean_module.linear.weight
+    prior_out = predictors.performance.model.prior.w3
     last = predictors.cost.network.net[-1]
     with torch.no_grad():  # prior mean and cost that differ between configurations
-        weight.copy_(torch.linspace(-1.0, 1.0, weight.numel()).reshape(weight.shape))
-        last.weight.copy_(torch.linspace(-1.0, 1.0, last.weight.numel()).reshape(last.weight.shape))
+        weight.fill_(1.0)
+        prior_out.copy_(torch.linspace(-1.0, 1.0, prior_out.numel()).reshape(prior_out.shape))
+        cost_slope = 3 * torch.linspace(-1.0, 1.0, last.weight.numel())
+        last.weight.copy_(cost_slope.reshape(last.weight.shape))
     pool = SPACE.sample_many(12, 5)
     mean, _ = predictors.performance.predict(pool, META, [[]] * len(pool), [1] * len(pool))
     assert np.ptp(mean) > 1e-3

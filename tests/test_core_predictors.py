@@ -20,7 +20,7 @@ from qtt_ray.core import (
     untrained_predictors,
 )
 from qtt_ray.core.features import FeatureSpec
-from qtt_ray.core.performance import PerformancePredictor
+from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
 from qtt_ray.core.samples import arrays_from_runs, dataset_arrays
 from qtt_ray.core.training import TrainingSettings, _train_prior, per_dataset_quality
 from qtt_ray.meta.dataset import MetaDataset, Run
@@ -145,6 +145,34 @@ def test_loading_a_mismatching_artefact_names_the_file_and_the_fix(
     (tmp_path / "predictors.json").write_text(json.dumps(spec))
     with pytest.raises(PredictorError, match="format version"):
         Predictors.load(tmp_path)
+
+
+def test_the_gp_mean_variant_survives_save_and_load_and_format_2_still_loads(
+    trained: Predictors, tmp_path: Path
+) -> None:
+    """``mean_from_embedding`` is stored in the artefact; a format-2 artefact (written before the
+    option existed, when the mean always mapped the embedding) loads with the mean it had."""
+    configs = SPACE.sample_many(4, 1)
+    meta = {name: 1.0 for name in trained.spec.meta_feature_names}
+    for from_embedding, version in ((False, 3), (True, 2)):
+        model = PerformancePredictor(
+            trained.spec, PerformanceArchitecture(mean_from_embedding=from_embedding), seed=3
+        )
+        with torch.no_grad():
+            model.model.mean_module.linear.weight.normal_(
+                generator=torch.Generator().manual_seed(0))
+        folder = Predictors(model, trained.cost, dict(trained.summary)).save(
+            tmp_path / f"v{version}")
+        spec = json.loads((folder / "predictors.json").read_text())
+        if version == 2:
+            spec["format_version"] = 2
+            del spec["performance"]["mean_from_embedding"]
+            (folder / "predictors.json").write_text(json.dumps(spec))
+        loaded = Predictors.load(folder)
+        assert loaded.performance.arch.mean_from_embedding is from_embedding
+        before = model.predict(configs, meta, [[]] * 4, [1, 2, 3, 4])
+        after = loaded.performance.predict(configs, meta, [[]] * 4, [1, 2, 3, 4])
+        assert np.array_equal(before[0], after[0])
 
 
 def load_sam2_curves(path: Path) -> MetaDataset:

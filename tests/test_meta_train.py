@@ -130,6 +130,24 @@ def test_loo_prints_table_with_references(capsys, tmp_path) -> None:
     assert [r["dataset"] for r in rows] == ["alpha", "beta", "gamma"]
 
 
+def test_loo_over_several_seeds_reports_their_mean_and_each_seed(capsys, tmp_path) -> None:
+    report = tmp_path / "loo.json"
+    three = write_meta(synthetic_curves(12).subset(["alpha", "beta", "gamma"]),
+                       tmp_path / "three.parquet")
+    argv = ["train", "--meta", str(three), "--loo", "--loo-seeds", "2", "--seed", "4",
+            "--max-seconds", "1", "--report", str(report)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "seeds [4, 5]" in out and "seed 4: rho@0" in out and "seed 5: rho@0" in out
+    loo = json.loads(report.read_text())["leave_one_dataset_out"]
+    per_seed = loo["mean_per_seed"]
+    assert sorted(per_seed) == ["4", "5"]
+    for key in ("spearman_0", "spearman_1", "cost_median_ape_0"):  # rows are the seeds' mean
+        assert loo["mean"][key] == pytest.approx((per_seed["4"][key] + per_seed["5"][key]) / 2)
+    assert main(["train", "--meta", str(three), "--loo", "--loo-seeds", "0"]) == 2
+    assert "--loo-seeds 0" in capsys.readouterr().err
+
+
 def test_references() -> None:
     meta = synthetic_curves()
     # monotone curves: the first epoch ranks the final ones only partly; a perfect proxy = 1

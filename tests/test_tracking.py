@@ -98,3 +98,15 @@ def test_gaps_between_epochs_are_split_by_what_came_next() -> None:
     restored = TrialRecorder()
     restored.set_state(recorder.get_state())
     assert restored.step_gaps_by_kind() == kinds and restored.actor_ops == recorder.actor_ops
+
+
+def test_tuning_ends_at_the_deadline_or_last_result_and_the_rest_is_shutdown() -> None:
+    recorder = TrialRecorder()
+    assert recorder.split_after_first_step(fit_end=50.0, budget_left_s=30.0) == (0.0, 0.0)
+    recorder.first_step_at, recorder.last_result_at = 10.0, 39.0
+    # the budget ran out at 40: the 2 s after it went to stopping trials, not tuning
+    assert recorder.split_after_first_step(fit_end=42.0, budget_left_s=30.0) == (30.0, 2.0)
+    recorder.last_result_at = 41.0  # an epoch that ended past the deadline is still tuning
+    assert recorder.split_after_first_step(fit_end=42.0, budget_left_s=30.0) == (31.0, 1.0)
+    recorder.last_result_at = 20.0  # every trial finished early: nothing was waited for
+    assert recorder.split_after_first_step(fit_end=21.5, budget_left_s=30.0) == (11.5, 0.0)

@@ -60,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "cover meta-training's randomness; an integer fixes one seed")
     replay.add_argument("--jobs", type=int, default=1,
                         help="test datasets replayed in parallel processes")
+    replay.add_argument("--horizon", choices=["per-budget", "anytime"], default="per-budget",
+                        help="per-budget (default): budget-aware methods (quicktune) are "
+                             "replayed with each budget as their deadline, like a run with "
+                             "--budget B; anytime: one replay to the largest budget, read off "
+                             "at each budget")
     throughput.add_parser(commands)
     overhead.add_parser(commands)
     return parser
@@ -93,6 +98,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         rules=ClockRules(args.start_overhead, args.resume_overhead, args.count_decision_time),
         cache_dir=args.cache_dir or args.out / "cache",
         jobs=args.jobs,
+        horizon=args.horizon,
     )
 
 

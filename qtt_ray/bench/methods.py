@@ -126,7 +126,10 @@ def _zero_shot(ep: Episode, cache: FoldCache) -> Constructor:
     return lambda: ZeroShot(ep.configs, ep.max_epochs, ep.seed, model, ep.meta_features)
 
 
-def _quicktune(meta: bool, cost_aware: bool) -> Callable[[Episode, FoldCache], Constructor]:
+def _quicktune(meta: bool, cost_aware: bool,
+               acquisition: str | None = None) -> Callable[[Episode, FoldCache], Constructor]:
+    options = {} if acquisition is None else {"acquisition": acquisition}
+
     def factory(ep: Episode, cache: FoldCache) -> Constructor:
         try:
             from qtt_ray.core import QuickTunePolicy, untrained_predictors
@@ -144,7 +147,7 @@ def _quicktune(meta: bool, cost_aware: bool) -> Callable[[Episode, FoldCache], C
             )
         return lambda: QuickTunePolicy(
             ep.space, ep.configs, ep.meta_features, predictors, max_epochs=ep.max_epochs,
-            seed=ep.seed, cost_aware=cost_aware,
+            seed=ep.seed, cost_aware=cost_aware, **options,
         )
 
     return factory
@@ -165,9 +168,14 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "quicktune": _quicktune(meta=True, cost_aware=True),
     "quicktune-no-meta": _quicktune(meta=False, cost_aware=True),
     "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
+    "quicktune-lookahead": _quicktune(meta=True, cost_aware=True, acquisition="lookahead"),
     "quicktunetool": _quicktunetool,
 }
 DEFAULT_METHODS = list(METHODS)
+# methods whose decisions use the remaining budget (``ask(remaining_s)``); the others plan the
+# same for any deadline, so one replay serves every budget
+BUDGET_AWARE = frozenset(
+    {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead"})
 
 
 def check_methods(names: list[str]) -> list[str]:

@@ -2,7 +2,8 @@
 
 Runs ``python -m qtt_ray.tune`` (default: the micro SAM2 on the demo data, CPU, 120 s, the
 Quick-Tune searcher) and reads its ``results.json``: the share of the tuning time (from the first
-step's start, as the budget counts) spent inside trial steps (training + validation), the median
+step's start, as the budget counts, to the deadline or the last result; the shutdown after it is
+shown apart) spent inside trial steps (training + validation), the median
 decision time of the policy, the median gap between one epoch's end and the next epoch's start on
 the single slot -- overall and split by what came next (the same trial continued in place, a
 paused trial resumed, a new trial) -- and the actors' median seconds per checkpoint save, trial
@@ -65,6 +66,7 @@ def measure(args: argparse.Namespace, searcher: str) -> dict[str, Any]:
         "step_gaps": extra.get("step_gaps", {}),
         "actor_s": extra.get("actor_s", {}),
         "startup_s": results.get("startup_s"),
+        "shutdown_s": results.get("shutdown_s", 0.0),
     }
 
 
@@ -83,8 +85,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| searcher | budget | tuning s | in trial steps | epochs | trials | median decision "
         "| median gap between epochs | gap: continue | gap: resume | gap: new trial "
-        "| actor save / reset / restore | start-up |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| actor save / reset / restore | start-up | shutdown |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
@@ -92,6 +94,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"| {r['epochs']} | {r['trials']} | {ms(r['decision_median_s'])} "
             f"| {ms(r['step_gap_median_s'])} | {gap(r, 'continue')} | {gap(r, 'resume')} "
             f"| {gap(r, 'new')} | {op(r, 'save')} / {op(r, 'reset')} / {op(r, 'restore')} "
-            f"| {r['startup_s']:.1f} s |"
+            f"| {r['startup_s']:.1f} s | {r['shutdown_s']:.1f} s |"
         )
     return "\n".join(lines)

@@ -1,10 +1,16 @@
 """The replay benchmark: every method on the same pools and seeds, leave-one-dataset-out.
 
 For each test dataset and seed a pool of recorded runs is drawn (``pool_size``, seeded; all runs
-if there are fewer), every method is replayed on it up to the largest budget (``clock.replay``),
-and the trace is read off at each budget (anytime evaluation; the ``remaining_s`` a searcher sees
-counts down to the largest budget). Methods are meta-trained on the training meta-dataset minus
-the test dataset.
+if there are fewer), every method is replayed on it (``clock.replay``) and the incumbent is read
+off at each budget. Two horizons (``Settings.horizon``):
+
+- ``per-budget`` (default): a method that plans with the remaining budget (``BUDGET_AWARE``, the
+  quicktune methods) is replayed once per budget with that budget as its deadline, as a user's
+  ``--budget 60`` run would be; the others ignore the deadline and are replayed once.
+- ``anytime``: every method is replayed once up to the largest budget and read off at each
+  budget (the ``remaining_s`` a searcher sees counts down to the largest budget).
+
+Methods are meta-trained on the training meta-dataset minus the test dataset.
 
 Metrics per budget: normalised regret (best_in_pool - incumbent) / (best_in_pool - worst_in_pool)
 with best/worst = max/min over the pool of each run's best score (mean with a 95 % bootstrap
@@ -26,7 +32,7 @@ import numpy as np
 
 from qtt_ray.bench import BenchError
 from qtt_ray.bench.clock import ClockRules, replay
-from qtt_ray.bench.methods import METHODS, Episode, FoldCache
+from qtt_ray.bench.methods import BUDGET_AWARE, METHODS, Episode, FoldCache
 from qtt_ray.bench.stats import (
     average_ranks,
     bootstrap_ci,
@@ -53,6 +59,7 @@ class Settings:
     cache_dir: Path | None = None
     jobs: int = 1
     predictor_seed: int | None = None  # None: each episode's seed (see FoldCache)
+    horizon: str = "per-budget"  # or "anytime" (see the module docstring)
 
     def labels(self) -> list[str]:
         return [budget_label(b, self.fractions) for b in self.budgets]
@@ -124,7 +131,11 @@ def run_dataset(train: MetaDataset, test: MetaDataset, dataset: str,
         for method in settings.methods:
             constructor = METHODS[method](episode, cache)
             trace = replay(constructor, episode.pool, horizon, settings.rules)
-            incumbents = [trace.incumbent_at(b) for b in budgets_s]
+            traces = [trace] * len(budgets_s)
+            if settings.horizon == "per-budget" and method in BUDGET_AWARE:
+                traces = [replay(constructor, episode.pool, b, settings.rules)
+                          if b < horizon else trace for b in budgets_s]
+            incumbents = [t.incumbent_at(b) for t, b in zip(traces, budgets_s, strict=True)]
             records.append({
                 "method": method,
                 "dataset": dataset,
@@ -135,8 +146,9 @@ def run_dataset(train: MetaDataset, test: MetaDataset, dataset: str,
                 "budgets_s": budgets_s,
                 "regret": [normalised_regret(best, worst, inc) for inc in incumbents],
                 "gap": [score_gap(best, worst, inc) for inc in incumbents],
-                "decision_s": [trace.decision_time_until(b) for b in budgets_s],
-                "decisions": len(trace.decision_s),
+                "decision_s": [t.decision_time_until(b) for t, b in zip(traces, budgets_s,
+                                                                        strict=True)],
+                "decisions": len(trace.decision_s),  # of the largest budget's replay
                 "epochs_trained": len(trace.times),
                 "regret_grid": [normalised_regret(best, worst, trace.incumbent_at(t))
                                 for t in grid],

@@ -2,23 +2,31 @@
 
 State: a fixed pool of configurations (trial id = index in the pool), the observed scores and
 costs of each trial, the set of trials handed out and not yet told ("running"), and why a trial
-stopped. Decisions: cost-aware EI at each candidate's next epoch against y*(b) (see
-``acquisition``) with the deep-kernel GP conditioned on this task's observations.
+stopped. Decisions: cost-aware expected improvement with the deep-kernel GP conditioned on this
+task's observations, in one of two forms (``acquisition``, see ``qtt_ray.core.acquisition``):
+
+- ``"next-epoch"`` (the default): EI at each candidate's next epoch against y*(b), the best score
+  seen at that fidelity or below, per predicted seconds of that epoch (the classic freeze-thaw
+  rule); the remaining budget only rules out epochs that cannot finish in time.
+- ``"lookahead"`` (budget-aware): EI of the score at the epoch each candidate can reach within
+  ``remaining_s`` (capped at ``max_epochs``; all remaining epochs when there is no deadline, see
+  ``reachable_epochs``) against the best score seen so far, per predicted seconds of those
+  epochs. A trial is still trained one epoch per decision.
+
+Replay benchmark, 9 SAM2 datasets leave-one-dataset-out x 10 seeds, each budget its own deadline
+as in a ``--budget B`` run (``runs/bench-sam2-v3``; mean normalised regret at 60/120/180/300/
+600 s): next-epoch 0.143/0.096/0.078/0.046/0.024, look-ahead 0.132/0.094/0.074/0.058/0.044.
+The look-ahead commits to a trial and explores less, which helps a little up to 180 s (inside the
+intervals) and clearly hurts at 300-600 s, so it is not the default. (On 3 seeds it had looked
+much better at 120-180 s: 0.073/0.047; read off one 600 s replay, as earlier tables were, it lost
+everywhere because it then plans for 600 s.)
 
 The first decision (no finite score of the task yet) takes the configuration with the highest
-predicted score: EI against "nothing seen" (y* = 0) is just the predicted score, and dividing it
-by cost ranked the SAM2 pools mostly by the 10-20 % cost spread instead of the meta-learned
-prior. Replay benchmark (9 SAM2 datasets leave-one-out, 4 seeds, mean normalised regret at
-60/120/180/300/600 s): 0.181/0.104/0.080/0.043/0.033 (seeds 0-1) without, 0.126/0.082/0.042/
-0.037/0.024 (seeds 0-1) and 0.118/0.092/0.049/0.034/0.022 (seeds 2-3) with it
-(``prior_first=False`` restores the old first decision).
-
-``acquisition="lookahead"`` is a budget-aware variant: EI of the score at the epoch each
-candidate can reach within ``remaining_s`` (capped at ``max_epochs``) against the overall best,
-per predicted seconds of those epochs. Measured on the same benchmark it commits to one trial
-early (60 s: 0.151-0.155) but explores unseen configurations at fidelity 1 once that trial
-stalls, and lost at 120-600 s (0.116-0.118/0.082-0.097/0.043-0.077/0.021-0.051, cost exponent
-1-2), so it is not the default.
+predicted score (at the epoch the acquisition looks at): EI against "nothing seen" (y* = 0) is
+just the predicted score, and dividing it by cost ranked the SAM2 pools mostly by the 10-20 %
+cost spread instead of the meta-learned prior (replay, next-epoch, seeds 0-1: 0.181/0.104/0.080/
+0.043/0.033 without, 0.126/0.082/0.042/0.037/0.024 with it; ``prior_first=False`` restores the
+old first decision).
 
 Online adaptation: after new observations the network is fine-tuned on this task's points,
 ALWAYS restarting from the meta-trained weights (bounded by ``adapt_steps`` and

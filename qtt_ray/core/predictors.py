@@ -21,7 +21,8 @@ from qtt_ray.core.features import FeatureSpec
 from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
 from qtt_ray.space import SearchSpace, SpaceError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 3 records PerformanceArchitecture.mean_from_embedding
 SPEC_FILE = "predictors.json"
 PERFORMANCE_FILE = "performance.safetensors"
 COST_FILE = "cost.safetensors"
@@ -89,13 +90,16 @@ class Predictors:
         try:
             spec = json.loads(spec_path.read_text())
             version = int(spec.get("format_version", -1))
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise PredictorError(
-                    f"{spec_path}: format version {version}, expected {FORMAT_VERSION}; "
-                    "retrain the predictors with this version of qtt-ray"
+                    f"{spec_path}: format version {version}, expected one of "
+                    f"{READABLE_VERSIONS}; retrain the predictors with this version of qtt-ray"
                 )
             features = FeatureSpec.from_json(spec["features"])
-            perf_arch = PerformanceArchitecture(**spec["performance"])
+            performance_json = dict(spec["performance"])
+            if version == 2:
+                performance_json.setdefault("mean_from_embedding", True)
+            perf_arch = PerformanceArchitecture(**performance_json)
             cost_spec = dict(spec["cost"])
             log_mean = float(cost_spec.pop("log_mean"))
             log_std = float(cost_spec.pop("log_std"))

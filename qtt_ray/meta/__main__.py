@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--loo", action="store_true",
                        help="also run leave-one-dataset-out over all datasets (quality report)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--loo-seeds", type=int, default=1, metavar="K",
+                       help="repeat --loo with meta-training seeds SEED..SEED+K-1 and report "
+                            "the mean per dataset (one seed can be a lucky draw; default 1)")
     train.add_argument("--max-seconds", type=float, default=None,
                        help="bound on each predictor training (default: early stopping only)")
     train.add_argument("--report", default=None, metavar="JSON",
@@ -118,20 +121,32 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         predictors, holdout_reports = train.fit(meta, args.holdout, args.seed, args.max_seconds)
         if holdout_reports:
             print("\nheld-out datasets:\n" + train.format_report(holdout_reports))
-    loo_reports = None
+    if args.loo_seeds < 1:
+        raise CliError(f"train: --loo-seeds {args.loo_seeds}: give 1 or more seeds")
+    loo_reports, per_seed = None, None
     if args.loo:
-        print("\nleave-one-dataset-out:")
-        loo_reports = train.leave_one_out(meta, args.seed, args.max_seconds)
+        seeds = list(range(args.seed, args.seed + args.loo_seeds))
+        print("\nleave-one-dataset-out" + (f", seeds {seeds}:" if len(seeds) > 1 else ":"))
+        runs = train.leave_one_out_seeds(meta, seeds, args.max_seconds)
+        per_seed = dict(zip(seeds, runs, strict=True))
+        loo_reports = train.average_reports(runs)
+        if len(seeds) > 1:
+            print("means over the seeds per dataset:")
         print(train.format_report(loo_reports))
+        if len(seeds) > 1:
+            print(train.format_seed_spread(runs, seeds))
     if predictors is not None:
         card = train.model_card(meta, args.meta, predictors, holdout_reports, loo_reports,
-                                args.seed, train.command_line(argv))
+                                args.seed, train.command_line(argv), per_seed)
         folder = train.save_artefact(args.out, predictors, card)
         report = card["validation"]
         print(f"\nwrote predictors and {train.MODEL_CARD} to {folder}")
     else:
-        report = {"leave_one_dataset_out": {"rows": [asdict(r) for r in loo_reports or []],
-                                            "mean": train.mean_report(loo_reports or [])}}
+        loo: dict[str, object] = {"rows": [asdict(r) for r in loo_reports or []],
+                                  "mean": train.mean_report(loo_reports or [])}
+        if per_seed and len(per_seed) > 1:
+            loo["mean_per_seed"] = {str(k): train.mean_report(v) for k, v in per_seed.items()}
+        report = {"leave_one_dataset_out": loo}
     if args.report is not None:
         Path(args.report).write_text(json.dumps(train.json_safe(report), indent=2) + "\n")
     return 0
