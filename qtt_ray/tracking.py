@@ -280,23 +280,6 @@ class MlflowTracker(Callback):
             return None
 
     # -- Tune hooks -------------------------------------------------------------------------
-    def split_after_first_step(self, fit_end: float, budget_left_s: float) -> tuple[float, float]:
-        """(tuning, shutdown) seconds of ``Tuner.fit`` after the first step, ending at
-        ``fit_end`` (monotonic).
-
-        Tuning lasts until the budget's deadline, or until the last result if that came later
-        (an epoch may end past the deadline) or the run ended earlier. What follows it --
-        stopping the trials, the final checkpoints, Tune's last experiment snapshot -- is
-        shutdown, reported apart like the start-up: the issue counts the overhead "within the
-        budget".
-        """
-        if self.first_step_at is None:
-            return 0.0, 0.0
-        deadline = self.first_step_at + max(budget_left_s, 0.0)
-        last = self.last_result_at if self.last_result_at is not None else fit_end
-        end = min(fit_end, max(last, deadline))
-        return max(0.0, end - self.first_step_at), max(0.0, fit_end - end)
-
     def setup(self, **info: Any) -> None:
         self.start()
 
