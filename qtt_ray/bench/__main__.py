@@ -10,7 +10,7 @@ from pathlib import Path
 from qtt_ray.bench import BenchError, overhead, throughput
 from qtt_ray.bench.clock import ClockRules
 from qtt_ray.bench.methods import DEFAULT_METHODS, check_methods
-from qtt_ray.bench.replay import Settings, run_benchmark, write_outputs
+from qtt_ray.bench.replay import HORIZONS, Settings, run_benchmark, write_outputs
 from qtt_ray.cli import run_cli
 from qtt_ray.core.errors import PolicyError, PredictorError
 from qtt_ray.meta.importers import combine, load_meta_source
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "cover meta-training's randomness; an integer fixes one seed")
     replay.add_argument("--jobs", type=int, default=1,
                         help="test datasets replayed in parallel processes")
-    replay.add_argument("--horizon", choices=["per-budget", "anytime"], default="per-budget",
+    replay.add_argument("--horizon", choices=HORIZONS, default="per-budget",
                         help="per-budget (default): budget-aware methods (quicktune) are "
                              "replayed with each budget as their deadline, like a run with "
                              "--budget B; anytime: one replay to the largest budget, read off "

@@ -43,6 +43,7 @@ from qtt_ray.bench.stats import (
 from qtt_ray.meta.dataset import MetaDataset, Run
 
 GRID_POINTS = 60
+HORIZONS = ("per-budget", "anytime")
 
 
 @dataclass
@@ -60,6 +61,10 @@ class Settings:
     jobs: int = 1
     predictor_seed: int | None = None  # None: each episode's seed (see FoldCache)
     horizon: str = "per-budget"  # or "anytime" (see the module docstring)
+
+    def __post_init__(self) -> None:
+        if self.horizon not in HORIZONS:
+            raise BenchError(f"--horizon {self.horizon!r}: choose one of {', '.join(HORIZONS)}")
 
     def labels(self) -> list[str]:
         return [budget_label(b, self.fractions) for b in self.budgets]

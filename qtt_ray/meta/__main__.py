@@ -112,6 +112,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     if args.out is None and not args.loo:
         raise CliError("train: give --out DIR (write predictors) and/or --loo (report)")
+    if args.loo_seeds < 1:
+        raise CliError(f"train: --loo-seeds {args.loo_seeds}: give 1 or more seeds")
     meta = train.load_meta_sources(args.meta)
     print(f"meta-data: {len(meta.runs)} runs over {len(meta.datasets)} datasets "
           f"({', '.join(meta.datasets)})")
@@ -121,8 +123,6 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         predictors, holdout_reports = train.fit(meta, args.holdout, args.seed, args.max_seconds)
         if holdout_reports:
             print("\nheld-out datasets:\n" + train.format_report(holdout_reports))
-    if args.loo_seeds < 1:
-        raise CliError(f"train: --loo-seeds {args.loo_seeds}: give 1 or more seeds")
     loo_reports, per_seed = None, None
     if args.loo:
         seeds = list(range(args.seed, args.seed + args.loo_seeds))
