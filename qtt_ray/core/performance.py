@@ -14,10 +14,9 @@ observation of a task:
   of the new task yet (a ConstantMean GP conditioned on nothing predicts the same value for every
   configuration). ``mean_from_embedding=False`` maps the prior quality only. Measured
   leave-one-dataset-out on the SAM2 curves over 3 meta-training seeds, the prior-only mean ranks
-  unseen configurations better (Spearman 0.703 vs 0.683) but predicts the same for every epoch,
-  and the budget-aware policy needs the score each configuration reaches by the deadline: in the
-  replay (3 seeds, per-budget deadlines, look-ahead acquisition) it scored 0.145/0.091/0.056/
-  0.041/0.030 at 60/120/180/300/600 s against 0.140/0.073/0.047/0.038/0.024 with the embedding;
+  unseen configurations better (Spearman 0.703 vs 0.683) but predicts the same for every epoch;
+  in the replay (10 seeds, one 600 s replay read off at each budget) it scored 0.165/0.108/0.082/
+  0.051/0.028 at 60/120/180/300/600 s against 0.141/0.099/0.077/0.048/0.030 with the embedding;
 - the ConstantKernel models an unknown per-dataset offset: meta-training batches come from one
   dataset at a time, so the marginal likelihood integrates the dataset's level out and the
   network learns the within-dataset ranking; online, one observation of the task shifts every
