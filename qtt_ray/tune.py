@@ -169,14 +169,19 @@ def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
 
 # -- the quicktune policy, rebuilt inside Tune from small picklable arguments ------------------
 def make_quicktune_policy(
-    predictors_dir: str, pool: list[dict], meta_features: dict[str, float], seed: int
+    predictors_dir: str, pool: list[dict], meta_features: dict[str, float], seed: int,
+    replay: bool = False,
 ) -> Any:
+    """The policy of a run. A ``replay`` (recorded curves on a simulated clock) bounds each
+    online adaptation by its step count only: a wall-clock bound would let the machine's load
+    change the decisions, and a replay, like its resume after Ctrl-C, must decide the same."""
     from qtt_ray.core import QuickTunePolicy
     from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE
 
     predictors, features = load_predictors_for(predictors_dir, meta_features)
+    bounds = {"adapt_time_s": None} if replay else {}
     return QuickTunePolicy(SAM2_SPACE, pool, features, predictors,
-                           max_epochs=MAX_EPOCHS, seed=seed)
+                           max_epochs=MAX_EPOCHS, seed=seed, **bounds)
 
 
 def load_predictors_for(predictors_dir: str | Path, meta_features: dict[str, float]) -> Any:
@@ -520,7 +525,8 @@ def quicktune_policy_factory(args: argparse.Namespace, prep: Prepared) -> Any:
     else:
         pool = SAM2_SPACE.sample_many(args.pool_size, args.seed)
     return functools.partial(make_quicktune_policy, str(prep.predictors), pool,
-                             dict(prep.meta_features or {}), args.seed)
+                             dict(prep.meta_features or {}), args.seed,
+                             replay=prep.replay_runs is not None)
 
 
 def build_trainable(args: argparse.Namespace, prep: Prepared,
