@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="demo",
                    help="dataset folder (images/, masks/), 'demo' or 'demo-multiclass'")
     p.add_argument("--model", default="auto",
-                   help="auto | micro | tiny | small | base-plus | large | hub id")
+                   help="auto | micro | tiny | small | base-plus | large | hub id; "
+                   "NAME:random (e.g. tiny:random) = that architecture with random weights, "
+                   "for timing only")
     p.add_argument("--checkpoint", default=None, help="local SAM2 .pt checkpoint")
     p.add_argument("--budget", type=float, default=180.0, help="tuning seconds (default 180)")
     p.add_argument("--output", default=None, help="output folder (default runs/<timestamp>)")
@@ -442,6 +444,9 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         if tracker is not None:
             tracker.start()  # database set-up counts as start-up, not tuning
             update_run_file(prep.output, mlflow_parent=tracker.parent_run_id)
+        from qtt_ray.trainables.process import freeze_long_lived
+
+        freeze_long_lived()  # no full collection of the start-up's objects between epochs
         startup_s = time.monotonic() - begin
         tuning_start = time.monotonic()
         with InterruptWatch() as watch:

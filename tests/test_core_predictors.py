@@ -126,6 +126,27 @@ def test_save_load_round_trip_gives_identical_predictions(
     )
 
 
+def test_the_written_out_posterior_equals_gpytorch_s(trained: Predictors) -> None:
+    """``predict`` does the exact-GP algebra itself (gpytorch's lazy tensors were most of a
+    decision's time); it must give what ``likelihood(model(x))`` gives, with and without
+    conditioning points."""
+    import gpytorch
+
+    performance = trained.performance.copy()
+    configs = SPACE.sample_many(40, 11)
+    meta = {"num_samples": 300, "num_classes": 3}
+    curves = [[0.1 * (i % 5)] * (i % 4) for i in range(40)]
+    x = performance.inputs(configs, meta, curves, [len(c) + 1 for c in curves])
+    for context in (None, (x[:12], np.linspace(0.2, 0.6, 12))):
+        performance.condition(*(context or (None, None)))
+        mean, var = performance.predict_inputs(x[12:])
+        with torch.no_grad(), gpytorch.settings.cholesky_jitter(1e-6):
+            posterior = performance.model.likelihood(performance.model(torch.as_tensor(x[12:])))
+        np.testing.assert_allclose(mean, posterior.mean.numpy(), rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(var, posterior.variance.numpy(), rtol=1e-6, atol=1e-9)
+    assert var.min() > 0 and np.ptp(mean) > 0
+
+
 def test_loading_a_mismatching_artefact_names_the_file_and_the_fix(
     trained: Predictors, tmp_path: Path
 ) -> None:

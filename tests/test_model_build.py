@@ -66,6 +66,24 @@ def test_names_and_aliases():
         canonical_name("huge")
 
 
+def test_random_init_of_a_full_size_architecture_is_asked_for_by_name(offline_hub, caplog):
+    """``tiny:random``: the official tiny network with random weights (GPU timing without a
+    checkpoint); never a fallback, and the name says so wherever the spec goes."""
+    assert canonical_name("tiny:random") == TINY + ":random"
+    with caplog.at_level(logging.WARNING, logger="qtt_ray.model.build"):
+        spec = resolve_spec("tiny:random", image_size=256, seed=1)
+    assert spec == ModelSpec(TINY + ":random", "configs/sam2.1/sam2.1_hiera_t.yaml", 256, None, 1,
+                             False)
+    assert "random" in caplog.text and "timing only" in caplog.text
+    assert resolve_spec(spec.name, None, spec.image_size, spec.seed) == spec  # actors re-resolve
+    model = build_model(spec)
+    assert sum(p.numel() for p in model.parameters()) > 30_000_000  # hiera-tiny, not micro
+    with pytest.raises(ModelError, match="drop --checkpoint"):
+        resolve_spec("tiny:random", checkpoint=__file__)
+    with pytest.raises(ModelError, match="micro is random already"):
+        canonical_name("micro:random")
+
+
 def test_spec_json_round_trip_and_image_size_checks():
     spec = resolve_spec("micro", image_size=64, seed=7)
     assert spec == ModelSpec("micro", "configs/sam2.1/sam2.1_hiera_t.yaml", 64, None, 7, False)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
 from qtt_ray.core.threads import torch_threads
 from qtt_ray.space import Config
@@ -328,11 +329,32 @@ class PerformancePredictor:
     def predict_inputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.model.training:
             self._apply_context()
-        with torch.no_grad(), torch_threads(1), gpytorch.settings.cholesky_jitter(1e-6):
-            posterior = self.model.likelihood(self.model(_tensor(x)))
-            mean = posterior.mean.numpy().copy()
-            var = posterior.variance.clamp_min(1e-10).numpy().copy()
-        return mean, var
+        with torch.no_grad(), torch_threads(1):
+            mean, var = self._posterior(_tensor(x))
+        return mean.numpy().copy(), var.clamp_min(1e-10).numpy().copy()
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact GP posterior of the observed score (noise included) at ``x``.
+
+        The same algebra as ``likelihood(model(x))`` in eval mode (one Cholesky of the
+        conditioning points' covariance plus noise), written out: gpytorch's lazy-tensor
+        machinery cost ~7 ms of every ~9 ms decision, on matrices of a few hundred rows.
+        """
+        model = self.model
+        noise = model.likelihood.noise.reshape(())
+        if self._context is None:
+            prior = model.forward(x)
+            return prior.mean, prior.lazy_covariance_matrix.to_dense().diagonal() + noise
+        train_x, train_y = self._context
+        n = len(train_y)
+        joint = model.forward(torch.cat([train_x, x]))
+        mean, covariance = joint.mean, joint.lazy_covariance_matrix.to_dense()
+        chol = _cholesky(covariance[:n, :n] + noise * torch.eye(n, dtype=covariance.dtype))
+        cross = covariance[n:, :n]
+        alpha = torch.cholesky_solve((train_y - mean[:n]).unsqueeze(-1), chol).squeeze(-1)
+        reduced = torch.linalg.solve_triangular(chol, cross.T, upper=False)
+        variance = covariance[n:, n:].diagonal() - (reduced * reduced).sum(0) + noise
+        return mean[n:] + cross @ alpha, variance
 
     def predict(
         self,
@@ -360,6 +382,19 @@ class PerformancePredictor:
         twin = PerformancePredictor(self.spec, copy.deepcopy(self.arch))
         twin.load_state_dict(self.state_dict())
         return twin
+
+
+def _cholesky(matrix: torch.Tensor, jitter: float = 1e-6, tries: int = 4) -> torch.Tensor:
+    """Lower Cholesky factor; on failure retry with 1e-6, 1e-5, ... on the diagonal."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    eye = torch.eye(len(matrix), dtype=matrix.dtype)
+    for attempt in range(tries):
+        if int(info) == 0:
+            return factor
+        factor, info = torch.linalg.cholesky_ex(matrix + jitter * 10**attempt * eye)
+    if int(info) != 0:
+        raise PredictorError("the GP covariance is not positive definite even with jitter")
+    return factor
 
 
 def _tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -309,8 +309,8 @@ class QuickTunePolicy:
         if lengths.sum() == 0:
             return None
         scores = np.zeros((len(self.pool), self._spec.max_epochs))
-        for trial, length in enumerate(lengths.tolist()):
-            scores[trial, :length] = sanitize_scores(self._scores[trial][:length])
+        for trial in np.flatnonzero(lengths).tolist():
+            scores[trial, : lengths[trial]] = sanitize_scores(self._scores[trial][: lengths[trial]])
         data = DatasetArrays(
             "task", self._pool_x, self._meta_row, scores, np.zeros_like(scores), lengths
         )

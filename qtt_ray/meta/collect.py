@@ -221,6 +221,8 @@ def _collect_trainable() -> type:
     class CollectTrainable(SAM2Trainable):
         """SAM2Trainable that switches datasets on reuse and measures the run's overheads."""
 
+        stage_checkpoints = False  # FIFO without checkpoints; the save below is timed as is
+
         def setup(self, config: dict[str, Any], settings_by_dataset: dict[str, Any],
                   epochs: int) -> None:
             start = time.perf_counter()

@@ -3,7 +3,9 @@
 ``resolve_spec`` turns what the user typed (``--model``, ``--checkpoint``) into a ``ModelSpec``
 once, on the driver; ``build_model(spec)`` rebuilds exactly the same network anywhere (an actor, a
 later ``predict``) and never falls back to something else. Only ``auto`` may fall back: to
-``micro`` when no official tiny checkpoint can be found, with a loud warning.
+``micro`` when no official tiny checkpoint can be found, with a loud warning. A full-size
+architecture with random weights (``tiny:random``: speed measurements on a GPU where no checkpoint
+can be had) is asked for by name, never a fallback.
 
 The spec carries the seed because SAM2's prompt encoder owns a random buffer
 (``pe_layer.positional_encoding_gaussian_matrix``): two randomly initialised bases built with
@@ -48,6 +50,7 @@ SIZE_ALIASES = {
 }
 MICRO = "micro"
 AUTO = "auto"
+RANDOM_INIT = ":random"  # suffix of a named architecture built with random weights
 DEFAULT_MODEL = AUTO
 CHECKPOINT_ENV = "QTT_SAM2_CHECKPOINT"
 MICRO_IMAGE_SIZE = 128
@@ -56,6 +59,10 @@ MICRO_WARNING = (
     "WARNING: no official SAM2.1 checkpoint found (set --checkpoint or $QTT_SAM2_CHECKPOINT, or "
     "allow a hub download): using the randomly initialised 'micro' SAM2 - quality numbers are "
     "meaningless, only the machinery is exercised."
+)
+RANDOM_WARNING = (
+    "WARNING: --model {name}: randomly initialised weights at full size - for timing only, "
+    "quality numbers are meaningless."
 )
 
 # The micro model: the tiny config with every width and depth shrunk, same classes and code
@@ -132,8 +139,15 @@ class ModelSpec:
 
 
 def canonical_name(model: str) -> str:
-    """``tiny`` -> ``facebook/sam2.1-hiera-tiny``; hub ids, ``micro`` and ``auto`` unchanged."""
+    """``tiny`` -> ``facebook/sam2.1-hiera-tiny``; hub ids, ``micro`` and ``auto`` unchanged;
+    ``tiny:random`` -> ``facebook/sam2.1-hiera-tiny:random``."""
     name = model.strip()
+    if name.lower().endswith(RANDOM_INIT):
+        base = canonical_name(name[: -len(RANDOM_INIT)])
+        if base not in HUB_MODELS:
+            raise ModelError(f"--model {model!r}: {RANDOM_INIT} applies to the official "
+                             f"architectures (e.g. tiny{RANDOM_INIT}); micro is random already")
+        return base + RANDOM_INIT
     name = SIZE_ALIASES.get(name.lower(), name)
     if name in HUB_MODELS or name in (MICRO, AUTO):
         return name
@@ -157,6 +171,12 @@ def resolve_spec(
     not fit is an error when building, never a silent fallback.
     """
     name = canonical_name(model)
+    if name.endswith(RANDOM_INIT):
+        if checkpoint is not None:
+            raise ModelError(f"--model {name} is built with random weights; drop --checkpoint "
+                             f"or the {RANDOM_INIT} suffix")
+        LOG.warning(RANDOM_WARNING.format(name=name))
+        return _spec(name, None, image_size, seed)
     if checkpoint is not None:
         _require_file(Path(checkpoint))
     if name == AUTO:
@@ -190,7 +210,7 @@ def _spec(name: str, checkpoint: str | None, image_size: int | None, seed: int) 
     size = default if image_size is None else int(image_size)
     if size < 32 or size % 32:
         raise ModelError(f"--image-size {size} is invalid; use a positive multiple of 32")
-    config = TINY_CONFIG if name == MICRO else HUB_MODELS[name][0]
+    config = TINY_CONFIG if name == MICRO else HUB_MODELS[name.removesuffix(RANDOM_INIT)][0]
     return ModelSpec(name, config, size, checkpoint, int(seed), checkpoint is not None)
 
 

@@ -99,7 +99,10 @@ class FineTuner:
         base: nn.Module | None = None,
         eval_examples: list[Example] | None = None,
         train_images: TrainingImages | None = None,
+        base_copy: nn.Module | None = None,
     ) -> None:
+        """``base_copy``: an untouched deep copy of ``base`` made ahead of time (it becomes
+        this trial's model), to skip the copy here."""
         if not dataset.train:
             raise ValueError(f"dataset {dataset.name}: no training images")
         self.spec = spec
@@ -115,8 +118,14 @@ class FineTuner:
         self.best_iou = float("nan")
         self._best_weights: dict[str, torch.Tensor] | None = None
 
-        base = base if base is not None else build_model(spec, "cpu")
-        model = copy.deepcopy(base).to(self.device)
+        if base_copy is None:
+            base = base if base is not None else build_model(spec, "cpu")
+            base_copy = copy.deepcopy(base)
+        # Module.to walks every submodule even when nothing moves (~4 ms on a trial switch)
+        first = next(base_copy.parameters(), None)
+        model = base_copy if first is None or first.device == self.device else base_copy.to(
+            self.device
+        )
         self.model = make_trainable(model, self.config, seed=self.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(

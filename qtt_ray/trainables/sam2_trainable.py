@@ -6,7 +6,9 @@ fresh deep copy of the base. Pausing saves only the small training state (LoRA +
 optimizer, schedule, RNGs, and the best epoch's weights for the export), and a resumed trial
 trains exactly the epoch an uninterrupted one would. The actor also keeps the few trials it
 paused most recently in memory, so resuming one of them here skips building and loading it
-(``_park``). A corrupt checkpoint falls back to the
+(``_park``). The checkpoint Tune asks for after each step, and the next new trial's copy of
+the base, are prepared in a background thread while Tune handles the step's result
+(``ahead.AheadOfTime``). A corrupt checkpoint falls back to the
 trial's previous one (``checkpoints.load_with_fallback``). A diverged epoch reports ``iou`` NaN
 (a bad score for the policy, never a crash).
 """
@@ -25,8 +27,9 @@ from qtt_ray.data import load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.evaluate import prompted_examples
 from qtt_ray.model.finetune import FineTuner, TrainingImages, clean_config
+from qtt_ray.trainables.ahead import AheadOfTime
 from qtt_ray.trainables.checkpoints import load_with_fallback
-from qtt_ray.trainables.process import process_metrics
+from qtt_ray.trainables.process import freeze_long_lived, in_ray_actor, process_metrics
 from qtt_ray.trainables.settings import RunSettings
 
 PARKED_TRIALS = 4  # paused trials an actor keeps in memory (see SAM2Trainable._park)
@@ -36,7 +39,13 @@ DEFAULT_TRIAL_ID = "default"  # Trainable.trial_id outside Tune: no identity to 
 class SAM2Trainable(tune.Trainable):
     """Use as ``tune.with_parameters(SAM2Trainable, settings=RunSettings(...).pinned())``."""
 
+    # Tune saves after every step (CheckpointConfig(checkpoint_frequency=1), as qtt_ray.tune
+    # runs it): write that checkpoint ahead, while Tune handles the result. Subclasses whose
+    # runs do not checkpoint every step turn it off.
+    stage_checkpoints = True
+
     def setup(self, config: dict[str, Any], settings: RunSettings) -> None:
+        self._ahead = AheadOfTime()
         self.settings = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -51,6 +60,8 @@ class SAM2Trainable(tune.Trainable):
         self._parked: OrderedDict[str, FineTuner] = OrderedDict()  # paused here, newest last
         self._unrestored = False  # self.tuner came from _parked: its checkpoint need not load
         self._actor_ops: dict[str, float] = {}  # seconds of save/reset/restore since last step
+        if in_ray_actor():  # a long-lived worker; not a test creating many trainables
+            freeze_long_lived()
 
     def _new_tuner(self, config: dict[str, Any]) -> FineTuner:
         return FineTuner(
@@ -63,15 +74,17 @@ class SAM2Trainable(tune.Trainable):
             base=self.base,
             eval_examples=self.eval_examples,
             train_images=self.train_images,
+            base_copy=self._ahead.take_spare(),
         )
 
     def step(self) -> dict[str, Any]:
+        self._ahead.settle()  # a staged save may still read the weights we are about to train
         started_unix = time.time()  # wall clock, comparable across actors of one node
         start = time.perf_counter()
         train = self.tuner.train_epoch()
         val = self.tuner.evaluate()
         diverged = bool(train["diverged"])
-        return {
+        result = {
             "iou": float("nan") if diverged else val["iou"],
             "loss": train["loss"],
             "val_loss": val["val_loss"],
@@ -88,6 +101,10 @@ class SAM2Trainable(tune.Trainable):
             "best_iou": self.tuner.best_iou,
             **process_metrics(),
         }
+        if self.stage_checkpoints:
+            self._ahead.stage(self.tuner)
+            self._ahead.prepare_spare(self.base)
+        return result
 
     def _take_actor_ops(self) -> dict[str, float]:
         """Seconds this actor spent saving, resetting and restoring since its last step: where
@@ -101,11 +118,15 @@ class SAM2Trainable(tune.Trainable):
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         started = time.perf_counter()
-        self.tuner.save(checkpoint_dir)
+        if not self._ahead.take_staged(self.tuner, checkpoint_dir):
+            self._ahead.settle()
+            self.tuner.save(checkpoint_dir)
         self._count("save", started)
 
     def load_checkpoint(self, checkpoint: str | Path) -> None:
         started = time.perf_counter()
+        self._ahead.discard_staged()
+        self._ahead.settle()
         if self._unrestored and self.tuner.epoch == self._iteration:
             # a trial paused on this actor resumes here: its training state is still in memory
             # and equals the checkpoint Tune saved at the pause (same epoch)
@@ -132,6 +153,8 @@ class SAM2Trainable(tune.Trainable):
         most of a freeze-thaw pause -> resume. The CUDA cache is kept for the next trial.
         """
         started = time.perf_counter()
+        self._ahead.discard_staged()
+        self._ahead.settle()
         self._park(self._owner, self.tuner)
         del self.tuner
         parked = self._parked.pop(self.trial_id, None)
@@ -159,5 +182,6 @@ class SAM2Trainable(tune.Trainable):
             self._parked.popitem(last=False)
 
     def cleanup(self) -> None:
+        self._ahead.close()
         self._parked.clear()
         self.__dict__.pop("tuner", None)  # freed by reference counting (see reset_config)
