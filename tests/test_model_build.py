@@ -66,9 +66,14 @@ def test_names_and_aliases():
         canonical_name("huge")
 
 
-def test_random_init_of_a_full_size_architecture_is_asked_for_by_name(offline_hub, caplog):
+def test_random_init_of_a_full_size_architecture_is_asked_for_by_name(
+    offline_hub, caplog, monkeypatch
+):
     """``tiny:random``: the official tiny network with random weights (GPU timing without a
     checkpoint); never a fallback, and the name says so wherever the spec goes."""
+    import qtt_ray.model.build as build
+
+    monkeypatch.setattr(build, "_WARNED_RANDOM", set())  # warned once per process
     assert canonical_name("tiny:random") == TINY + ":random"
     with caplog.at_level(logging.WARNING, logger="qtt_ray.model.build"):
         spec = resolve_spec("tiny:random", image_size=256, seed=1)

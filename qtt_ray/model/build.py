@@ -60,6 +60,7 @@ MICRO_WARNING = (
     "allow a hub download): using the randomly initialised 'micro' SAM2 - quality numbers are "
     "meaningless, only the machinery is exercised."
 )
+_WARNED_RANDOM: set[str] = set()
 RANDOM_WARNING = (
     "WARNING: --model {name}: randomly initialised weights at full size - for timing only, "
     "quality numbers are meaningless."
@@ -175,7 +176,9 @@ def resolve_spec(
         if checkpoint is not None:
             raise ModelError(f"--model {name} is built with random weights; drop --checkpoint "
                              f"or the {RANDOM_INIT} suffix")
-        LOG.warning(RANDOM_WARNING.format(name=name))
+        if name not in _WARNED_RANDOM:  # resolved again by pinned() and every actor
+            _WARNED_RANDOM.add(name)
+            LOG.warning(RANDOM_WARNING.format(name=name))
         return _spec(name, None, image_size, seed)
     if checkpoint is not None:
         _require_file(Path(checkpoint))
