@@ -281,3 +281,34 @@ def test_background_adaptation_gives_the_decisions_of_a_lagged_synchronous_one()
         runs.append(order)
         p.close()
     assert runs[0] == runs[1]
+
+
+def test_near_the_deadline_the_incumbent_trains_on_instead_of_exploring() -> None:
+    """``exploit_epochs`` (3 by default): with fewer of the incumbent's epochs left than that,
+    the policy continues the best trial so far; earlier, and when the incumbent cannot finish
+    an epoch, it decides exactly as without the option."""
+    plain, exploiting = policy(n=8, exploit_epochs=0), policy(n=8, exploit_epochs=3)
+
+    def same_decision(remaining_s: float):
+        decision = plain.ask(remaining_s=remaining_s)
+        assert decision == exploiting.ask(remaining_s=remaining_s)
+        return decision
+
+    started = [same_decision(100.0) for _ in range(3)]  # three workers: three new trials
+    for decision, score in zip(started, (0.2, 0.6, 0.3), strict=True):
+        for p in (plain, exploiting):
+            p.tell(decision.trial_id, 1, score, 1.0)
+    second = same_decision(100.0)
+    assert (second.trial_id, second.epoch) == (started[1].trial_id, 2)
+    for p in (plain, exploiting):
+        p.tell(second.trial_id, 2, 0.25, 1.0)  # the incumbent (0.6 at epoch 1) dips
+
+    # 2.5 s left, fewer than 3 of the incumbent's 1 s epochs: it trains on ...
+    near = exploiting.ask(remaining_s=2.5)
+    assert near is not None and (near.trial_id, near.epoch) == (started[1].trial_id, 3)
+    # ... where the acquisition alone would have spent the epoch elsewhere
+    assert plain.ask(remaining_s=2.5).trial_id != started[1].trial_id
+    exploiting.release(near.trial_id)
+    plain.release(plain.running().popitem()[0])
+    # too late for even one epoch of the incumbent: the acquisition decides, as without it
+    assert exploiting.ask(remaining_s=0.5) == plain.ask(remaining_s=0.5)

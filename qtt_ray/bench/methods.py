@@ -126,9 +126,9 @@ def _zero_shot(ep: Episode, cache: FoldCache) -> Constructor:
     return lambda: ZeroShot(ep.configs, ep.max_epochs, ep.seed, model, ep.meta_features)
 
 
-def _quicktune(meta: bool, cost_aware: bool,
-               acquisition: str | None = None) -> Callable[[Episode, FoldCache], Constructor]:
-    options = {} if acquisition is None else {"acquisition": acquisition}
+def _quicktune(meta: bool, cost_aware: bool, acquisition: str | None = None,
+               **more: Any) -> Callable[[Episode, FoldCache], Constructor]:
+    options = ({} if acquisition is None else {"acquisition": acquisition}) | more
 
     def factory(ep: Episode, cache: FoldCache) -> Constructor:
         try:
@@ -169,13 +169,15 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "quicktune-no-meta": _quicktune(meta=False, cost_aware=True),
     "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
     "quicktune-lookahead": _quicktune(meta=True, cost_aware=True, acquisition="lookahead"),
+    "quicktune-no-exploit": _quicktune(meta=True, cost_aware=True, exploit_epochs=0),
     "quicktunetool": _quicktunetool,
 }
 DEFAULT_METHODS = list(METHODS)
 # methods whose decisions use the remaining budget (``ask(remaining_s)``); the others plan the
 # same for any deadline, so one replay serves every budget
 BUDGET_AWARE = frozenset(
-    {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead"})
+    {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
+     "quicktune-no-exploit"})
 
 
 def check_methods(names: list[str]) -> list[str]:
