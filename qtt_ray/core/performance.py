@@ -344,7 +344,7 @@ class PerformancePredictor:
         noise = model.likelihood.noise.reshape(())
         if self._context is None:
             prior = model.forward(x)
-            return prior.mean, prior.lazy_covariance_matrix.to_dense().diagonal() + noise
+            return prior.mean, prior.variance + noise
         train_x, train_y = self._context
         n = len(train_y)
         joint = model.forward(torch.cat([train_x, x]))
@@ -384,17 +384,14 @@ class PerformancePredictor:
         return twin
 
 
-def _cholesky(matrix: torch.Tensor, jitter: float = 1e-6, tries: int = 4) -> torch.Tensor:
-    """Lower Cholesky factor; on failure retry with 1e-6, 1e-5, ... on the diagonal."""
-    factor, info = torch.linalg.cholesky_ex(matrix)
+def _cholesky(matrix: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor; on failure retried with 1e-6 ... 1e-3 added to the diagonal."""
     eye = torch.eye(len(matrix), dtype=matrix.dtype)
-    for attempt in range(tries):
+    for jitter in (0.0, 1e-6, 1e-5, 1e-4, 1e-3):
+        factor, info = torch.linalg.cholesky_ex(matrix + jitter * eye)
         if int(info) == 0:
             return factor
-        factor, info = torch.linalg.cholesky_ex(matrix + jitter * 10**attempt * eye)
-    if int(info) != 0:
-        raise PredictorError("the GP covariance is not positive definite even with jitter")
-    return factor
+    raise PredictorError("the GP covariance is not positive definite even with jitter")
 
 
 def _tensor(values: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -123,10 +123,9 @@ class FineTuner:
             base_copy = copy.deepcopy(base)
         # Module.to walks every submodule even when nothing moves (~4 ms on a trial switch)
         first = next(base_copy.parameters(), None)
-        model = base_copy if first is None or first.device == self.device else base_copy.to(
-            self.device
-        )
-        self.model = make_trainable(model, self.config, seed=self.seed)
+        if first is not None and first.device != self.device:
+            base_copy = base_copy.to(self.device)
+        self.model = make_trainable(base_copy, self.config, seed=self.seed)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params,

@@ -68,11 +68,11 @@ class AheadOfTime:
             shutil.rmtree(folder, ignore_errors=True)
 
     def discard_staged(self) -> None:
+        """Drop the staged save (if any) and wait until the pool is idle."""
         staged, self._staged = self._staged, None
+        self.settle()  # the thread may still be writing into the folder or copying the base
         if staged is not None:
-            _, _, folder, future = staged
-            future.exception()  # wait: the thread may still be writing into the folder
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(staged[2], ignore_errors=True)
 
     def prepare_spare(self, base: nn.Module) -> None:
         """Start a deep copy of ``base`` for the next new trial, unless one is ready."""

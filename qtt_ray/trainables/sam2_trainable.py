@@ -125,8 +125,7 @@ class SAM2Trainable(tune.Trainable):
 
     def load_checkpoint(self, checkpoint: str | Path) -> None:
         started = time.perf_counter()
-        self._ahead.discard_staged()
-        self._ahead.settle()
+        self._ahead.discard_staged()  # and waits: the tuner is about to change
         if self._unrestored and self.tuner.epoch == self._iteration:
             # a trial paused on this actor resumes here: its training state is still in memory
             # and equals the checkpoint Tune saved at the pause (same epoch)
@@ -153,8 +152,7 @@ class SAM2Trainable(tune.Trainable):
         most of a freeze-thaw pause -> resume. The CUDA cache is kept for the next trial.
         """
         started = time.perf_counter()
-        self._ahead.discard_staged()
-        self._ahead.settle()
+        self._ahead.discard_staged()  # and waits: the tuner is about to change
         self._park(self._owner, self.tuner)
         del self.tuner
         parked = self._parked.pop(self.trial_id, None)
