@@ -11,6 +11,7 @@ from qtt_ray.bench import BenchError
 from qtt_ray.bench.peers import (
     ASHA,
     Hyperband,
+    Oracle,
     RandomFull,
     RandomOneEpoch,
     ZeroShot,
@@ -151,3 +152,17 @@ def test_zero_shot_trains_the_predicted_best_first() -> None:
     small = sum(c["lr"] < 1e-4 for c in CONFIGS)
     picked = list(dict.fromkeys(t for t, _ in steps))[:small]
     assert all(CONFIGS[t]["lr"] < 1e-4 for t in picked)
+
+
+def test_the_oracle_trains_the_configuration_best_within_the_deadline_it_is_given() -> None:
+    fast = Run("fast", "d", CONFIGS[0], np.array([0.6, 0.65, 0.66, 0.66]), np.full(4, 10.0))
+    slow = Run("slow", "d", CONFIGS[1], np.array([0.2, 0.4, 0.7, 0.9]), np.full(4, 10.0))
+    late = Run("late", "d", CONFIGS[2], np.array([0.1, np.nan, 0.0, 0.0]), np.full(4, 10.0))
+    runs = [late, fast, slow]
+    assert Oracle(runs, 4, 0).ask(remaining_s=25.0).trial_id == 1  # 2 epochs: 0.65 beats 0.4
+    assert Oracle(runs, 4, 0).ask(remaining_s=40.0).trial_id == 2  # 4 epochs: 0.9
+    assert Oracle(runs, 4, 0).ask(remaining_s=5.0).trial_id == 0  # nothing fits: pool order
+    oracle = Oracle(runs, 4, 0)
+    done = drive(oracle, [list(r.scores) for r in runs])
+    # no deadline: the plain pool order, and a diverged run ends as for every peer
+    assert done[:3] == [(0, 1), (0, 2), (1, 1)]

@@ -284,9 +284,9 @@ def test_background_adaptation_gives_the_decisions_of_a_lagged_synchronous_one()
 
 
 def test_near_the_deadline_the_incumbent_trains_on_instead_of_exploring() -> None:
-    """``exploit_epochs`` (3 by default): with fewer of the incumbent's epochs left than that,
-    the policy continues the best trial so far; earlier, and when the incumbent cannot finish
-    an epoch, it decides exactly as without the option."""
+    """``exploit_epochs`` (5 by default; 3 here): with fewer of the incumbent's epochs left than
+    that, the policy continues the best trial so far; earlier, and when the incumbent cannot
+    finish an epoch, it decides exactly as without the option."""
     plain, exploiting = policy(n=8, exploit_epochs=0), policy(n=8, exploit_epochs=3)
 
     def same_decision(remaining_s: float):

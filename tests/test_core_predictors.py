@@ -109,10 +109,19 @@ def test_save_load_round_trip_gives_identical_predictions(
     trained.save(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "cost.safetensors",
+        "forest.safetensors",
         "performance.safetensors",
         "predictors.json",
     ]
     loaded = Predictors.load(tmp_path, SPACE, ["num_classes", "num_samples"])
+    spec = trained.spec
+    pool_x = spec.encode_configs(SPACE.sample_many(9, 2))
+    meta_row = spec.encode_meta({"num_samples": 300, "num_classes": 3})
+    np.testing.assert_allclose(
+        loaded.zero_shot_scores(pool_x, meta_row),
+        trained.zero_shot_scores(pool_x, meta_row),
+        rtol=1e-6,
+    )
     configs = SPACE.sample_many(5, 7)
     meta = {"num_samples": 300, "num_classes": 3}
     curves = [[], [0.3], [0.3, 0.4], [], [0.1]]

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from qtt_ray.bench import BenchError
-from qtt_ray.bench.peers import ASHA, Hyperband, RandomFull, RandomOneEpoch, ZeroShot, ZeroShotModel
+from qtt_ray.bench.peers import (
+    ASHA,
+    Hyperband,
+    Oracle,
+    RandomFull,
+    RandomOneEpoch,
+    ZeroShot,
+    ZeroShotModel,
+)
 from qtt_ray.core.protocol import Optimizer
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import SearchSpace
@@ -121,6 +129,10 @@ def _hyperband(ep: Episode, cache: FoldCache) -> Constructor:
     return lambda: Hyperband(ep.configs, ep.max_epochs, ep.seed)
 
 
+def _oracle(ep: Episode, cache: FoldCache) -> Constructor:
+    return lambda: Oracle(ep.pool, ep.max_epochs, ep.seed)
+
+
 def _zero_shot(ep: Episode, cache: FoldCache) -> Constructor:
     model = cache.zero_shot_model(ep.train, ep.seed)
     return lambda: ZeroShot(ep.configs, ep.max_epochs, ep.seed, model, ep.meta_features)
@@ -170,14 +182,17 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
     "quicktune-lookahead": _quicktune(meta=True, cost_aware=True, acquisition="lookahead"),
     "quicktune-no-exploit": _quicktune(meta=True, cost_aware=True, exploit_epochs=0),
+    "quicktune-no-forest": _quicktune(meta=True, cost_aware=True, zero_shot_first=False),
+    "quicktune-exploit3": _quicktune(meta=True, cost_aware=True, exploit_epochs=3),
     "quicktunetool": _quicktunetool,
+    "oracle": _oracle,
 }
-DEFAULT_METHODS = list(METHODS)
+DEFAULT_METHODS = [m for m in METHODS if m != "oracle"]  # a bound, not a searcher
 # methods whose decisions use the remaining budget (``ask(remaining_s)``); the others plan the
 # same for any deadline, so one replay serves every budget
 BUDGET_AWARE = frozenset(
-    {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
-     "quicktune-no-exploit"})
+    {"oracle", "quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
+     "quicktune-no-exploit", "quicktune-no-forest", "quicktune-exploit3"})
 
 
 def check_methods(names: list[str]) -> list[str]:

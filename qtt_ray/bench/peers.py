@@ -29,7 +29,7 @@ from sklearn.ensemble import RandomForestRegressor
 
 from qtt_ray.bench import BenchError
 from qtt_ray.core.protocol import Decision, Incumbent, best_observed
-from qtt_ray.meta.dataset import MetaDataset
+from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import Config, SearchSpace
 
 
@@ -327,6 +327,34 @@ class ZeroShot(OrderedFull):
         predicted = model.predict(configs, meta_features)
         order = sorted(range(len(configs)), key=lambda i: (-predicted[i], i))
         super().__init__(configs, max_epochs, seed, order)
+
+
+class Oracle(OrderedFull):
+    """Not a searcher but a bound: knows every recorded curve and, at the first ``ask``, trains
+    the one configuration that reaches the highest score within the deadline it is given.
+
+    No searcher of the pool can beat it at that budget: splitting the epochs over several
+    configurations only leaves each of them fewer, and the incumbent is one of them. Its regret
+    shows what a budget allows at all (e.g. how few epochs 60 s holds on the SAM2 curves).
+    """
+
+    def __init__(self, runs: list[Run], max_epochs: int, seed: int) -> None:
+        super().__init__([r.config for r in runs], max_epochs, seed, list(range(len(runs))))
+        self.runs = runs
+
+    def ask(self, remaining_s: float | None = None) -> Decision | None:
+        if not any(self.curves) and remaining_s is not None:
+            reach = [_best_within(run, remaining_s, self.max_epochs) for run in self.runs]
+            self.order = sorted(range(len(self.runs)), key=lambda i: (-reach[i], i))
+        return super().ask(remaining_s)
+
+
+def _best_within(run: Run, seconds: float, max_epochs: int) -> float:
+    """The best finite score of a run trained from scratch for ``seconds`` (-inf: none)."""
+    scores = run.scores[:max_epochs]
+    done = np.cumsum(run.costs[:max_epochs]) <= seconds
+    finite = scores[done & np.isfinite(scores)]
+    return float(finite.max()) if finite.size else -math.inf
 
 
 def _finite_or(value: float, default: float) -> float:

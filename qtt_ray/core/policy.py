@@ -21,18 +21,25 @@ intervals) and clearly hurts at 300-600 s, so it is not the default. (On 3 seeds
 much better at 120-180 s: 0.073/0.047; read off one 600 s replay, as earlier tables were, it lost
 everywhere because it then plans for 600 s.)
 
-Near the deadline (``exploit_epochs``, default 3): once fewer than that many of the incumbent's
+Near the deadline (``exploit_epochs``, default 5): once fewer than that many of the incumbent's
 epochs fit into ``remaining_s``, the incumbent trains on, whatever the acquisition says; an
 epoch started elsewhere that late rarely overtakes it while learning curves still rise. Same
-replay (``runs/bench-sam2-v4``): 0.121/0.083/0.065/0.042/0.025 with it, 0.145/0.099/0.071/0.046/
-0.025 without (better average rank at every budget; 3 was the only value tried).
+replay (``runs/bench-sam2-v4``, session 4, GP first pick): 0.121/0.083/0.065/0.042/0.025 with 3,
+0.145/0.099/0.071/0.046/0.025 without. With the forest's first pick (session 5) 5 and 7 were
+tried on seeds 0-2 (0.101/0.052/0.042/0.035/0.019 and 0.101/0.050/0.041/0.036/0.020 against
+0.100/0.064/0.055/0.041/0.022 with 3): one-epoch probes of other configurations rarely pay for
+themselves within the last 5 epochs. The 10-seed table is in docs/benchmarks.md.
 
-The first decision (no finite score of the task yet) takes the configuration with the highest
-predicted score (at the epoch the acquisition looks at): EI against "nothing seen" (y* = 0) is
-just the predicted score, and dividing it by cost ranked the SAM2 pools mostly by the 10-20 %
-cost spread instead of the meta-learned prior (replay, next-epoch, seeds 0-1: 0.181/0.104/0.080/
-0.043/0.033 without, 0.126/0.082/0.042/0.037/0.024 with it; ``prior_first=False`` restores the
-old first decision).
+The first decision (no finite score of the task yet) takes the configuration the predictors'
+zero-shot forest ranks highest (``qtt_ray.core.forest``; artefacts without one, and
+``zero_shot_first=False``, fall back to the GP's highest predicted score at the epoch the
+acquisition looks at). EI against "nothing seen" (y* = 0) is just the predicted score, and
+dividing it by cost ranked the SAM2 pools mostly by the 10-20 % cost spread instead of the
+meta-learned prior (replay, next-epoch, seeds 0-1: 0.181/0.104/0.080/0.043/0.033 without,
+0.126/0.082/0.042/0.037/0.024 with it; ``prior_first=False`` restores that oldest first
+decision). The forest's pick replaced the GP's because the GP's prior mean is the weaker
+zero-shot ranker (see ``forest``; replay numbers in docs/benchmarks.md). From the first
+observation on, the GP's acquisition decides.
 
 Online adaptation: after new observations the network is fine-tuned on this task's points,
 ALWAYS restarting from the meta-trained weights (bounded by ``adapt_steps`` and
@@ -115,7 +122,8 @@ class QuickTunePolicy:
         xi: float = 0.0,
         prior_first: bool = True,
         background_adapt: bool = True,
-        exploit_epochs: float = 3.0,
+        exploit_epochs: float = 5.0,
+        zero_shot_first: bool = True,
     ) -> None:
         if acquisition not in ACQUISITIONS:
             raise PolicyError(
@@ -162,8 +170,12 @@ class QuickTunePolicy:
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future[tuple[int, int, dict[str, Any]]] | None = None
         self._cost = predictors.cost
+        # the zero-shot forest's ranking of the pool: the first pick (None: the GP's prior mean)
         self._pool_x = spec.encode_configs(self.pool)
         self._meta_row = spec.encode_meta(self.meta_features)
+        self._zero_shot = (
+            predictors.zero_shot_scores(self._pool_x, self._meta_row) if zero_shot_first else None
+        )
         self._meta_cost = self._cost.predict_seconds(
             self.pool * max_epochs,
             self.meta_features,
@@ -237,9 +249,12 @@ class QuickTunePolicy:
         acquisition = expected_improvement(mean, np.sqrt(var), best, self.xi)
         if self.cost_aware:
             acquisition = cost_normalised(acquisition, epoch_s * steps, self.cost_exponent)
+        improvement = mean - best
         if self.prior_first and not any(np.isfinite(s).any() for s in self._scores):
-            acquisition = np.zeros_like(acquisition)  # nothing to improve on: best prior mean
-        chosen = int(idx[select(acquisition, mean - best, epoch_s, remaining_s)])
+            acquisition = np.zeros_like(acquisition)  # nothing to improve on: the best prior
+            if self._zero_shot is not None:
+                improvement = self._zero_shot[idx]
+        chosen = int(idx[select(acquisition, improvement, epoch_s, remaining_s)])
         chosen = self._exploit_near_deadline(chosen, idx, epoch_s, remaining_s)
         epoch = len(self._scores[chosen]) + 1
         self._running[chosen] = epoch
@@ -252,9 +267,7 @@ class QuickTunePolicy:
         """With fewer than ``exploit_epochs`` of the incumbent's epochs left before the
         deadline, train the incumbent on instead of exploring: an epoch started elsewhere this
         late can rarely overtake it (learning curves still rise), one more epoch of it often
-        does. 0 turns it off. Replayed on the SAM2 curves (9 datasets x 10 seeds), 3 lowered
-        the regret at 60/120/180/300 s from 0.145/0.099/0.071/0.046 to 0.121/0.083/0.065/0.042,
-        equal at 600 s (docs/benchmarks.md)."""
+        does. 0 turns it off (see the module docstring for the replay numbers)."""
         if self.exploit_epochs <= 0 or remaining_s is None:
             return chosen
         incumbent = self.incumbent()

@@ -2,8 +2,9 @@
 
 Layout of an artefact folder: ``predictors.json`` (format version, search space, meta-feature
 names and scalers, architecture sizes, cost target scaler, training summary),
-``performance.safetensors`` and ``cost.safetensors`` (plain tensors). No pickle; loading needs
-no network.
+``performance.safetensors`` and ``cost.safetensors`` (plain tensors), and since format 4
+``forest.safetensors`` (the zero-shot forest's node arrays, see ``forest``; optional). No pickle;
+loading needs no network.
 """
 
 from __future__ import annotations
@@ -13,19 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from safetensors.torch import load_file, save_file
 
 from qtt_ray.core.cost import CostArchitecture, CostPredictor
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.forest import ZeroShotForest
 from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
 from qtt_ray.space import SearchSpace, SpaceError
 
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # 3 records PerformanceArchitecture.mean_from_embedding
+FORMAT_VERSION = 4
+# 3 records PerformanceArchitecture.mean_from_embedding; 4 may add the zero-shot forest
+READABLE_VERSIONS = (2, 3, 4)
 SPEC_FILE = "predictors.json"
 PERFORMANCE_FILE = "performance.safetensors"
 COST_FILE = "cost.safetensors"
+FOREST_FILE = "forest.safetensors"
 
 
 @dataclass
@@ -33,10 +38,24 @@ class Predictors:
     performance: PerformancePredictor
     cost: CostPredictor
     summary: dict[str, Any] = field(default_factory=dict)  # how it was trained (JSON-able)
+    forest: ZeroShotForest | None = None  # the first pick on a new task (None: the GP's mean)
 
     @property
     def spec(self) -> FeatureSpec:
         return self.performance.spec
+
+    def zero_shot_scores(self, configs_x: np.ndarray, meta_row: np.ndarray) -> np.ndarray | None:
+        """The forest's predicted best score per encoded configuration (None without a forest).
+
+        ``configs_x``: ``spec.encode_configs`` rows; ``meta_row``: ``spec.encode_meta``.
+        """
+        if self.forest is None:
+            return None
+        rows = np.concatenate(
+            [configs_x, np.broadcast_to(meta_row, (configs_x.shape[0], self.spec.meta_width))],
+            axis=1,
+        )
+        return self.forest.predict(rows)
 
     def check_compatible(
         self, space: SearchSpace, meta_feature_names: list[str], where: str
@@ -54,7 +73,9 @@ class Predictors:
             )
 
     def copy(self) -> Predictors:
-        return Predictors(self.performance.copy(), self.cost.copy(), dict(self.summary))
+        return Predictors(
+            self.performance.copy(), self.cost.copy(), dict(self.summary), self.forest
+        )
 
     # -- disk -----------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -66,9 +87,14 @@ class Predictors:
             "performance": self.performance.architecture_json(),
             "cost": self.cost.spec_json(),
             "summary": self.summary,
+            "forest": self.forest is not None,
         }
         save_file(self.performance.state_dict(), str(folder / PERFORMANCE_FILE))
         save_file(self.cost.state_dict(), str(folder / COST_FILE))
+        if self.forest is not None:
+            save_file(self.forest.state_dict(), str(folder / FOREST_FILE))
+        else:
+            (folder / FOREST_FILE).unlink(missing_ok=True)
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True))
         return folder
 
@@ -123,7 +149,27 @@ class Predictors:
                 raise PredictorError(
                     f"{path} does not match {SPEC_FILE} ({message}); re-save the predictors"
                 ) from err
-        predictors = cls(performance, cost, dict(spec.get("summary", {})))
+        forest = None
+        if spec.get("forest", False):
+            path = folder / FOREST_FILE
+            if not path.is_file():
+                raise PredictorError(f"{path} not found; the artefact is incomplete, re-save it")
+            try:
+                forest = ZeroShotForest.from_state_dict(load_file(str(path)))
+            except (RuntimeError, OSError, ValueError) as err:
+                message = str(err).splitlines()[0] if str(err) else type(err).__name__
+                raise PredictorError(
+                    f"{path} is unreadable ({message}); re-save the predictors"
+                ) from err
+            except PredictorError as err:
+                raise PredictorError(f"{path}: {err}; re-save the predictors") from err
+            expected = features.config_width + features.meta_width
+            if forest.width != expected:
+                raise PredictorError(
+                    f"{path} expects {forest.width} input columns, {SPEC_FILE} describes "
+                    f"{expected}; re-save the predictors"
+                )
+        predictors = cls(performance, cost, dict(spec.get("summary", {})), forest)
         if space is not None:
             predictors.check_compatible(
                 space,

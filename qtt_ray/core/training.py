@@ -22,6 +22,7 @@ from scipy.stats import norm, rankdata
 from qtt_ray.core.cost import CostPredictor, fit_level
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.forest import ZeroShotForest
 from qtt_ray.core.performance import PerformancePredictor
 from qtt_ray.core.predictors import Predictors
 from qtt_ray.core.samples import DatasetArrays, dataset_arrays, draw_pairs, pair_inputs
@@ -51,6 +52,7 @@ class TrainingSettings:
     prior_lr: float = 3e-3
     prior_weight_decay: float = 1e-3
     prior_group_lasso: float = 0.1  # penalty on each input column's first-layer weights
+    forest_trees: int = 200  # the zero-shot forest that makes the first pick (0: none)
 
 
 def choose_validation(datasets: list[str], seed: int) -> list[str]:
@@ -132,6 +134,7 @@ def _train_predictors(
         cost_budget,
         verbose,
     )
+    forest = _fit_forest(spec, [arrays[d] for d in datasets], seed, settings.forest_trees)
     summary = {
         "trained": True,
         "seed": seed,
@@ -141,8 +144,28 @@ def _train_predictors(
         "seconds": round(time.perf_counter() - start, 2),
         "performance": perf_log,
         "cost": cost_log,
+        "forest_trees": 0 if forest is None else int(forest.roots.shape[0]),
     }
-    return Predictors(performance, cost, summary)
+    return Predictors(performance, cost, summary, forest)
+
+
+def _fit_forest(
+    spec: FeatureSpec, sets: list[DatasetArrays], seed: int, trees: int
+) -> ZeroShotForest | None:
+    """The zero-shot forest on every meta-training dataset (validation ones too: it has no
+    early stopping to feed), targets = each run's best score (diverged epochs count as 0)."""
+    if trees <= 0:
+        return None
+    x = np.concatenate(
+        [np.concatenate([d.configs, np.broadcast_to(d.meta, (d.n_runs, spec.meta_width))], axis=1)
+         for d in sets]
+    )
+    y = np.concatenate([
+        np.array([np.nan_to_num(d.scores[i, :n], nan=0.0).max(initial=0.0)
+                  for i, n in enumerate(d.lengths.tolist())])
+        for d in sets
+    ])
+    return ZeroShotForest.fit(x, y, seed=seed, trees=trees)
 
 
 def _train_performance(

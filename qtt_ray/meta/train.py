@@ -352,7 +352,9 @@ def model_card(
             validation["leave_one_dataset_out"]["mean_per_seed"] = {
                 str(k): mean_report(v) for k, v in loo_per_seed.items()}
     return {
-        "artefact": "qtt-ray meta-trained predictors (performance DKL-GP + cost MLP)",
+        "artefact": (
+            "qtt-ray meta-trained predictors (performance DKL-GP + cost MLP + zero-shot forest)"
+        ),
         "created": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "command": command,
         "seed": seed,

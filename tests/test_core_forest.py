@@ -1,0 +1,102 @@
+"""The zero-shot forest: scikit-learn's forest as node arrays, saved without pickle, first pick."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from sklearn.ensemble import RandomForestRegressor
+
+from qtt_ray.core import PredictorError, Predictors, QuickTunePolicy, untrained_predictors
+from qtt_ray.core.forest import ZeroShotForest
+from qtt_ray.core.predictors import FOREST_FILE
+from qtt_ray.space import Categorical, Float, SearchSpace
+
+SPACE = SearchSpace(
+    (Float("lr", 1e-4, 1e-1, log=True), Categorical("optimizer", ("adam", "sgd"))), name="toy"
+)
+META = {"num_samples": 100.0}
+
+
+def data(n: int = 200, width: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, width))
+    return x, x[:, 0] ** 2 - x[:, 1] + rng.normal(0, 0.1, n)
+
+
+def test_the_flattened_forest_predicts_what_scikit_learn_predicts() -> None:
+    x, y = data()
+    forest = ZeroShotForest.fit(x, y, seed=3, trees=40)
+    reference = RandomForestRegressor(n_estimators=40, random_state=3, n_jobs=1).fit(x, y)
+    test_x, _ = data(50, seed=1)
+    np.testing.assert_allclose(forest.predict(test_x), reference.predict(test_x), atol=1e-12)
+    assert forest.roots.shape == (40,)
+
+
+def test_the_state_round_trip_keeps_the_predictions_and_bad_arrays_are_rejected() -> None:
+    x, y = data()
+    forest = ZeroShotForest.fit(x, y, seed=0, trees=10)
+    state = forest.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    again = ZeroShotForest.from_state_dict(state)
+    np.testing.assert_allclose(again.predict(x[:20]), forest.predict(x[:20]), rtol=1e-6)
+    looped = {k: v.clone() for k, v in state.items()}
+    inner = int(np.flatnonzero(forest.left != -1)[1])
+    looped["left"][inner] = 0  # a child before its parent: the walk would never end
+    with pytest.raises(PredictorError, match="cycle"):
+        ZeroShotForest.from_state_dict(looped)
+    outside = {k: v.clone() for k, v in state.items()}
+    outside["feature"][int(forest.roots[0])] = 99
+    with pytest.raises(PredictorError, match="outside"):
+        ZeroShotForest.from_state_dict(outside)
+    with pytest.raises(PredictorError, match=r"expected \(n, 6\)"):
+        forest.predict(x[:, :4])
+
+
+def with_forest(predictors: Predictors, best_index: int, n: int) -> Predictors:
+    """Predictors whose forest scores the pool's configuration ``best_index`` highest."""
+    spec = predictors.spec
+    pool = SPACE.sample_many(n, 5)
+    rows = np.concatenate(
+        [spec.encode_configs(pool), np.broadcast_to(spec.encode_meta(META), (n, spec.meta_width))],
+        axis=1,
+    )
+    target = np.zeros(n)
+    target[best_index] = 1.0
+    twin = predictors.copy()
+    twin.forest = ZeroShotForest.fit(np.repeat(rows, 3, axis=0), np.repeat(target, 3), 0, 30)
+    return twin
+
+
+def test_the_first_pick_is_the_forest_s_best_and_the_gp_decides_afterwards() -> None:
+    pool = SPACE.sample_many(12, 5)
+    plain = untrained_predictors(SPACE, ["num_samples"], max_epochs=10)
+    for best in (3, 8):
+        predictors = with_forest(plain, best, len(pool))
+        policy = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False)
+        first = policy.ask()
+        assert first is not None and first.trial_id == best
+        without = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False, zero_shot_first=False)
+        assert without.ask().trial_id == 0  # an untrained GP ranks all alike: the first index
+        policy.tell(first.trial_id, 1, 0.5, 10.0)
+        assert policy.ask() is not None  # after an observation the GP's acquisition decides
+
+
+def test_the_forest_survives_save_and_load_and_a_missing_file_is_named(tmp_path) -> None:
+    pool = SPACE.sample_many(12, 5)
+    predictors = with_forest(untrained_predictors(SPACE, ["num_samples"]), 7, len(pool))
+    folder = predictors.save(tmp_path / "artefact")
+    loaded = Predictors.load(folder, SPACE, ["num_samples"])
+    spec = loaded.spec
+    scores = loaded.zero_shot_scores(spec.encode_configs(pool), spec.encode_meta(META))
+    assert int(np.argmax(scores)) == 7
+    without = untrained_predictors(SPACE, ["num_samples"]).save(tmp_path / "plain")
+    assert not (without / FOREST_FILE).exists()
+    assert Predictors.load(without).forest is None
+    (folder / FOREST_FILE).unlink()
+    with pytest.raises(PredictorError, match=f"{FOREST_FILE} not found"):
+        Predictors.load(folder)
+    save_file({"roots": torch.zeros(1, dtype=torch.int64)}, str(folder / FOREST_FILE))
+    with pytest.raises(PredictorError, match="re-save"):
+        Predictors.load(folder)
