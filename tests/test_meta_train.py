@@ -186,8 +186,8 @@ def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys) -> None:
 def test_shipped_predictors_load_and_predict() -> None:
     folder = default_predictors_dir()
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-    # GP + cost model ~170 kB; the zero-shot forest (200 trees as node arrays) ~2.7 MB
-    assert size < 4_000_000
+    # GP + cost model ~170 kB; the zero-shot forest (200 trees as node arrays) ~1.7 MB
+    assert size < 2_500_000
     predictors = load_default_predictors()
     card = json.loads((folder / MODEL_CARD).read_text())
     assert "hiera" in card["warning"].lower() and card["training_data"]["sources"]
