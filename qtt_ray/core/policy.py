@@ -170,9 +170,9 @@ class QuickTunePolicy:
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future[tuple[int, int, dict[str, Any]]] | None = None
         self._cost = predictors.cost
-        # the zero-shot forest's ranking of the pool: the first pick (None: the GP's prior mean)
         self._pool_x = spec.encode_configs(self.pool)
         self._meta_row = spec.encode_meta(self.meta_features)
+        # the zero-shot forest's ranking of the pool: the first pick (None: the GP's prior mean)
         self._zero_shot = (
             predictors.zero_shot_scores(self._pool_x, self._meta_row) if zero_shot_first else None
         )

@@ -73,6 +73,7 @@ class Predictors:
             )
 
     def copy(self) -> Predictors:
+        # the forest is only read, never adapted: the copies share it
         return Predictors(
             self.performance.copy(), self.cost.copy(), dict(self.summary), self.forest
         )
@@ -145,9 +146,9 @@ class Predictors:
             try:
                 predictor.load_state_dict(load_file(str(path)))
             except (RuntimeError, OSError, ValueError) as err:
-                message = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise PredictorError(
-                    f"{path} does not match {SPEC_FILE} ({message}); re-save the predictors"
+                    f"{path} does not match {SPEC_FILE} ({_first_line(err)}); re-save the "
+                    "predictors"
                 ) from err
         forest = None
         if spec.get("forest", False):
@@ -157,9 +158,8 @@ class Predictors:
             try:
                 forest = ZeroShotForest.from_state_dict(load_file(str(path)))
             except (RuntimeError, OSError, ValueError) as err:
-                message = str(err).splitlines()[0] if str(err) else type(err).__name__
                 raise PredictorError(
-                    f"{path} is unreadable ({message}); re-save the predictors"
+                    f"{path} is unreadable ({_first_line(err)}); re-save the predictors"
                 ) from err
             except PredictorError as err:
                 raise PredictorError(f"{path}: {err}; re-save the predictors") from err
@@ -181,6 +181,10 @@ class Predictors:
         elif meta_feature_names is not None:
             predictors.check_compatible(features.space, meta_feature_names, str(spec_path))
         return predictors
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def untrained_predictors(

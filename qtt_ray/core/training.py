@@ -6,7 +6,8 @@ into its own validation set). The performance predictor's ``ConfigPrior`` is fit
 GP trains. Performance batches come from one training dataset at a time (the GP's marginal
 likelihood is about points of one task); the cost network fits log-costs centred per dataset, the
 level being a ridge map of the meta-features (see ``cost``). Both stop early on the validation
-loss and keep the best weights.
+loss and keep the best weights. The zero-shot forest that makes the policy's first pick
+(``forest``) is fitted on every dataset, validation ones included: it has no early stopping.
 """
 
 from __future__ import annotations
