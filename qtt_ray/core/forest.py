@@ -149,6 +149,13 @@ class ZeroShotForest:
             raise PredictorError("zero-shot forest: a child precedes its parent (a cycle)")
 
 
+def forest_inputs(configs_x: np.ndarray, meta_row: np.ndarray) -> np.ndarray:
+    """The forest's input rows: each encoded configuration followed by the dataset's encoded
+    meta-features (the same layout for meta-training and for a new task's pool)."""
+    meta = np.broadcast_to(meta_row, (configs_x.shape[0], np.shape(meta_row)[-1]))
+    return np.concatenate([configs_x, meta], axis=1)
+
+
 def _round_down_to_float32(threshold: np.ndarray) -> np.ndarray:
     """The largest float32 <= each threshold: for float32 inputs, x <= t iff x <= that value."""
     rounded = threshold.astype(np.float32)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from qtt_ray.core.cost import CostArchitecture, CostPredictor
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
-from qtt_ray.core.forest import ZeroShotForest
+from qtt_ray.core.forest import ZeroShotForest, forest_inputs
 from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
 from qtt_ray.space import SearchSpace, SpaceError
 
@@ -51,11 +51,7 @@ class Predictors:
         """
         if self.forest is None:
             return None
-        rows = np.concatenate(
-            [configs_x, np.broadcast_to(meta_row, (configs_x.shape[0], self.spec.meta_width))],
-            axis=1,
-        )
-        return self.forest.predict(rows)
+        return self.forest.predict(forest_inputs(configs_x, meta_row))
 
     def check_compatible(
         self, space: SearchSpace, meta_feature_names: list[str], where: str

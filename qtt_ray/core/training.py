@@ -23,7 +23,7 @@ from scipy.stats import norm, rankdata
 from qtt_ray.core.cost import CostPredictor, fit_level
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
-from qtt_ray.core.forest import ZeroShotForest
+from qtt_ray.core.forest import ZeroShotForest, forest_inputs
 from qtt_ray.core.performance import PerformancePredictor
 from qtt_ray.core.predictors import Predictors
 from qtt_ray.core.samples import DatasetArrays, dataset_arrays, draw_pairs, pair_inputs
@@ -135,7 +135,7 @@ def _train_predictors(
         cost_budget,
         verbose,
     )
-    forest = _fit_forest(spec, [arrays[d] for d in datasets], seed, settings.forest_trees)
+    forest = _fit_forest([arrays[d] for d in datasets], seed, settings.forest_trees)
     summary = {
         "trained": True,
         "seed": seed,
@@ -150,22 +150,13 @@ def _train_predictors(
     return Predictors(performance, cost, summary, forest)
 
 
-def _fit_forest(
-    spec: FeatureSpec, sets: list[DatasetArrays], seed: int, trees: int
-) -> ZeroShotForest | None:
+def _fit_forest(sets: list[DatasetArrays], seed: int, trees: int) -> ZeroShotForest | None:
     """The zero-shot forest on every meta-training dataset (validation ones too: it has no
     early stopping to feed), targets = each run's best score (diverged epochs count as 0)."""
     if trees <= 0:
         return None
-    x = np.concatenate(
-        [np.concatenate([d.configs, np.broadcast_to(d.meta, (d.n_runs, spec.meta_width))], axis=1)
-         for d in sets]
-    )
-    y = np.concatenate([
-        np.array([np.nan_to_num(d.scores[i, :n], nan=0.0).max(initial=0.0)
-                  for i, n in enumerate(d.lengths.tolist())])
-        for d in sets
-    ])
+    x = np.concatenate([forest_inputs(d.configs, d.meta) for d in sets])
+    y = np.concatenate([run_best_scores(d) for d in sets])
     return ZeroShotForest.fit(x, y, seed=seed, trees=trees)
 
 
@@ -235,13 +226,18 @@ def _train_performance(
     return predictor, {"steps": step, "best_step": best[2], "val_loss": round(best[0], 4)}
 
 
+def run_best_scores(data: DatasetArrays) -> np.ndarray:
+    """Each run's best score over its observed epochs (scores are sanitised: diverged = 0)."""
+    return np.array([data.scores[i, :n].max() for i, n in enumerate(data.lengths.tolist())])
+
+
 def per_dataset_quality(data: DatasetArrays) -> np.ndarray:
     """Each run's best score as a gaussianised rank within its dataset (the ConfigPrior's target).
 
     Ranks, not z-scores: a few diverged runs at IoU ~0 stretch a dataset's z-scores so that all
     its other runs look alike. Ties (e.g. several diverged runs) share their mean rank.
     """
-    best = np.array([data.scores[i, :n].max() for i, n in enumerate(data.lengths.tolist())])
+    best = run_best_scores(data)
     if best.shape[0] < 2:
         return np.zeros_like(best)
     return norm.ppf((rankdata(best) - 0.5) / best.shape[0])
