@@ -166,3 +166,17 @@ def test_the_oracle_trains_the_configuration_best_within_the_deadline_it_is_give
     done = drive(oracle, [list(r.scores) for r in runs])
     # no deadline: the plain pool order, and a diverged run ends as for every peer
     assert done[:3] == [(0, 1), (0, 2), (1, 1)]
+
+
+def test_a_shortlisted_oracle_chooses_only_among_its_shortlist() -> None:
+    fast = Run("fast", "d", CONFIGS[0], np.array([0.6, 0.65, 0.66, 0.66]), np.full(4, 10.0))
+    slow = Run("slow", "d", CONFIGS[1], np.array([0.2, 0.4, 0.7, 0.9]), np.full(4, 10.0))
+    poor = Run("poor", "d", CONFIGS[2], np.array([0.1, 0.2, 0.3, 0.3]), np.full(4, 10.0))
+    runs = [poor, fast, slow]
+    assert Oracle(runs, 4, 0, shortlist=[0, 2]).ask(remaining_s=25.0).trial_id == 2  # 0.4 > 0.2
+    assert Oracle(runs, 4, 0, shortlist=[0, 1]).ask(remaining_s=40.0).trial_id == 1
+    # without a deadline it trains the shortlist in its order and nothing else
+    assert {t for t, _ in drive(Oracle(runs, 4, 0, shortlist=[2, 0]), [
+        list(r.scores) for r in runs])} == {0, 2}
+    with pytest.raises(BenchError, match="shortlist"):
+        Oracle(runs, 4, 0, shortlist=[3])

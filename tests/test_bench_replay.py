@@ -85,15 +85,24 @@ def test_cli_smoke_run_on_the_sam2_curves(shared_dir: Path, tmp_path: Path, caps
     out = tmp_path / "bench"
     code = main(["replay", "--train-meta", str(shared_dir / "meta" / "qttseg_sam2_curves.csv"),
                  "--datasets", "polyp", "--seeds", "1", "--budgets", "120",
-                 "--methods", "random", "zero-shot", "quicktune-no-meta", "--out", str(out)])
+                 "--methods", "random", "zero-shot", "quicktune-no-meta", "oracle",
+                 "oracle-zero-shot-top10", "--out", str(out)])
     assert code == 0
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"random", "zero-shot", "quicktune-no-meta"}
+    assert set(results) == {"random", "zero-shot", "quicktune-no-meta", "oracle",
+                            "oracle-zero-shot-top10"}
     for by_budget in results.values():
         cell = by_budget["120"]
         assert 0.0 <= cell["regret_ci_low"] <= cell["regret_mean"] <= cell["regret_ci_high"] <= 1
-        assert 1.0 <= cell["rank_mean"] <= 3.0 and cell["iou_gap_mean"] >= 0
+        assert 1.0 <= cell["rank_mean"] <= 5.0 and cell["iou_gap_mean"] >= 0
         assert cell["episodes"] == 1
+    regret = {m: results[m]["120"]["regret_mean"] for m in results}
+    # the bounds: the full oracle <= the one limited to the forest's top 10 <= the forest's top 1
+    assert regret["oracle"] <= regret["oracle-zero-shot-top10"] <= regret["zero-shot"]
+    paired = results["zero-shot"]["120"]["paired"]  # no quicktune: against the first method
+    assert paired["reference"] == "random" and "paired" not in results["random"]["120"]
+    assert paired["mean"] == pytest.approx(regret["random"] - regret["zero-shot"])
+    assert paired["won"] + paired["tied"] + paired["lost"] == 1
     episodes = json.loads((out / "episodes.json").read_text())
     assert {e["pool"] for e in episodes} == {47}  # all polyp runs (fewer than --pool-size)
     assert (out / "regret_over_time.png").stat().st_size > 10_000

@@ -12,6 +12,7 @@ from qtt_ray.bench.stats import (
     average_ranks,
     bootstrap_ci,
     normalised_regret,
+    paired_difference,
     pool_range,
     run_best,
     score_gap,
@@ -67,3 +68,13 @@ def test_trace_incumbent_respects_the_clock() -> None:
     assert trace.incumbent_at(25.0) == 0.2
     assert trace.incumbent_at(30.0) == 0.6
     assert trace.decision_time_until(21.0) == pytest.approx(0.6)
+
+
+def test_paired_difference_counts_wins_ties_and_losses_of_the_reference() -> None:
+    reference, other = [0.1, 0.2, 0.3, 0.0], [0.2, 0.2, 0.1, 0.4]
+    paired = paired_difference(reference, other)
+    assert paired["mean"] == pytest.approx((-0.1 + 0.0 + 0.2 - 0.4) / 4)
+    assert (paired["won"], paired["tied"], paired["lost"]) == (2, 1, 1)
+    assert paired["ci_low"] <= paired["mean"] <= paired["ci_high"]
+    with pytest.raises(ValueError, match="episodes"):
+        paired_difference(reference, other[:3])

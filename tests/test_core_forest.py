@@ -8,8 +8,15 @@ import torch
 from safetensors.torch import save_file
 from sklearn.ensemble import RandomForestRegressor
 
-from qtt_ray.core import PredictorError, Predictors, QuickTunePolicy, untrained_predictors
+from qtt_ray.core import (
+    PolicyError,
+    PredictorError,
+    Predictors,
+    QuickTunePolicy,
+    untrained_predictors,
+)
 from qtt_ray.core.forest import ZeroShotForest
+from qtt_ray.core.policy import ranked_quality
 from qtt_ray.core.predictors import FOREST_FILE
 from qtt_ray.space import Categorical, Float, SearchSpace
 
@@ -103,3 +110,66 @@ def test_the_forest_survives_save_and_load_and_a_missing_file_is_named(tmp_path)
     save_file({"roots": torch.zeros(1, dtype=torch.int64)}, str(folder / FOREST_FILE))
     with pytest.raises(PredictorError, match="re-save"):
         Predictors.load(folder)
+
+
+def test_ranked_quality_hands_the_prior_s_values_out_in_the_new_order() -> None:
+    prior = np.array([0.1, -0.5, 2.0, 0.3])
+    forest = np.array([0.2, 0.9, 0.1, 0.8])
+    # the forest's order: 1 > 3 > 0 > 2 gets 2.0 > 0.3 > 0.1 > -0.5
+    np.testing.assert_array_equal(ranked_quality(prior, forest, blend=False), [0.1, 2.0, -0.5, 0.3])
+    # mean ranks (forest + prior): 0: 1+1, 1: 3+0, 2: 0+3, 3: 2+2 -> 3 > 1 (3 vs 3: forest's
+    # better) > 2 (3, forest's worse) > 0
+    np.testing.assert_array_equal(ranked_quality(prior, forest, blend=True), [-0.5, 0.3, 0.1, 2.0])
+    with pytest.raises(PolicyError, match="ranked_quality"):
+        ranked_quality(prior, forest[:3], blend=True)
+
+
+def quality_driven(predictors: Predictors) -> Predictors:
+    """A GP whose prior mean is the quality input (plus a constant), with a varied prior."""
+    twin = predictors.copy()
+    model = twin.performance.model
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(1)
+        model.prior.w3.copy_(
+            torch.randn(model.prior.w3.shape, generator=generator, dtype=model.prior.w3.dtype)
+        )
+        model.mean_module.linear.weight.zero_()
+        model.mean_module.linear.weight[0, -1] = 1.0
+    return twin
+
+
+def test_the_gp_ranks_untried_configurations_by_the_forest_when_asked_to() -> None:
+    pool = SPACE.sample_many(12, 5)
+    plain = quality_driven(untrained_predictors(SPACE, ["num_samples"], max_epochs=10))
+    spec = plain.spec
+    prior_best = int(np.argmax(plain.performance.prior_quality(spec.encode_configs(pool))))
+    forest_best = (prior_best + 5) % len(pool)
+    predictors = with_forest(plain, forest_best, len(pool))
+    for ranking, expected in (("forest", forest_best), ("prior", prior_best)):
+        policy = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False,
+                                 zero_shot_first=False, quality_ranking=ranking)
+        assert policy.ask().trial_id == expected  # the GP's own first pick: its prior mean
+    with pytest.raises(PolicyError, match="quality_ranking"):
+        QuickTunePolicy(SPACE, pool, META, predictors, quality_ranking="best")
+
+
+def test_a_pool_quality_table_replaces_the_prior_on_its_rows_only() -> None:
+    predictors = quality_driven(untrained_predictors(SPACE, ["num_samples"], max_epochs=10))
+    performance = predictors.performance.copy()
+    pool, other = SPACE.sample_many(6, 5), SPACE.sample_many(3, 9)
+    config_x = predictors.spec.encode_configs(pool)
+    before_pool, _ = performance.predict(pool, META, [[]] * 6, [3] * 6)
+    before_other, _ = performance.predict(other, META, [[]] * 3, [3] * 3)
+    performance.set_pool_quality(config_x, performance.prior_quality(config_x) + 1.0)
+    after_pool, _ = performance.predict(pool, META, [[]] * 6, [3] * 6)
+    after_other, _ = performance.predict(other, META, [[]] * 3, [3] * 3)
+    np.testing.assert_allclose(after_pool - before_pool, 1.0)  # the mean is the quality + const
+    np.testing.assert_array_equal(after_other, before_other)
+    assert "pool_quality" not in " ".join(performance.state_dict())  # a task input, not a weight
+    np.testing.assert_array_equal(performance.copy().predict(pool, META, [[]] * 6, [3] * 6)[0],
+                                  after_pool)
+    with pytest.raises(PredictorError, match="set_pool_quality"):
+        performance.set_pool_quality(config_x, np.zeros(5))
+    performance.set_pool_quality(None, None)
+    restored, _ = performance.predict(pool, META, [[]] * 6, [3] * 6)
+    np.testing.assert_array_equal(restored, before_pool)

@@ -133,6 +133,17 @@ def _oracle(ep: Episode, cache: FoldCache) -> Constructor:
     return lambda: Oracle(ep.pool, ep.max_epochs, ep.seed)
 
 
+def _oracle_zero_shot_top(count: int) -> Callable[[Episode, FoldCache], Constructor]:
+    """The oracle restricted to the zero-shot regressor's ``count`` top-ranked configurations."""
+
+    def factory(ep: Episode, cache: FoldCache) -> Constructor:
+        predicted = cache.zero_shot_model(ep.train, ep.seed).predict(ep.configs, ep.meta_features)
+        shortlist = sorted(range(len(ep.pool)), key=lambda i: (-predicted[i], i))[:count]
+        return lambda: Oracle(ep.pool, ep.max_epochs, ep.seed, shortlist)
+
+    return factory
+
+
 def _zero_shot(ep: Episode, cache: FoldCache) -> Constructor:
     model = cache.zero_shot_model(ep.train, ep.seed)
     return lambda: ZeroShot(ep.configs, ep.max_epochs, ep.seed, model, ep.meta_features)
@@ -182,17 +193,23 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
     "quicktune-lookahead": _quicktune(meta=True, cost_aware=True, acquisition="lookahead"),
     "quicktune-no-exploit": _quicktune(meta=True, cost_aware=True, exploit_epochs=0),
-    "quicktune-no-forest": _quicktune(meta=True, cost_aware=True, zero_shot_first=False),
+    "quicktune-no-forest": _quicktune(meta=True, cost_aware=True, zero_shot_first=False,
+                                      quality_ranking="prior"),
     "quicktune-exploit3": _quicktune(meta=True, cost_aware=True, exploit_epochs=3),
+    "quicktune-prior-quality": _quicktune(meta=True, cost_aware=True, quality_ranking="prior"),
+    "quicktune-forest-quality": _quicktune(meta=True, cost_aware=True, quality_ranking="forest"),
     "quicktunetool": _quicktunetool,
     "oracle": _oracle,
+    "oracle-zero-shot-top10": _oracle_zero_shot_top(10),
 }
-DEFAULT_METHODS = [m for m in METHODS if m != "oracle"]  # a bound, not a searcher
+BOUNDS = frozenset({"oracle", "oracle-zero-shot-top10"})  # they know the curves: not searchers
+DEFAULT_METHODS = [m for m in METHODS if m not in BOUNDS]
 # methods whose decisions use the remaining budget (``ask(remaining_s)``); the others plan the
 # same for any deadline, so one replay serves every budget
 BUDGET_AWARE = frozenset(
-    {"oracle", "quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
-     "quicktune-no-exploit", "quicktune-no-forest", "quicktune-exploit3"})
+    BOUNDS | {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
+              "quicktune-no-exploit", "quicktune-no-forest", "quicktune-exploit3",
+              "quicktune-prior-quality", "quicktune-forest-quality"})
 
 
 def check_methods(names: list[str]) -> list[str]:

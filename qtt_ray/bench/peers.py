@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -336,16 +337,26 @@ class Oracle(OrderedFull):
     No searcher of the pool can beat it at that budget: splitting the epochs over several
     configurations only leaves each of them fewer, and the incumbent is one of them. Its regret
     shows what a budget allows at all (e.g. how few epochs 60 s holds on the SAM2 curves).
+
+    With a ``shortlist`` (pool indices) it may only choose among those: the bound of any searcher
+    that trains nothing else, e.g. the zero-shot regressor's top 10 (``oracle-zero-shot-top10``).
     """
 
-    def __init__(self, runs: list[Run], max_epochs: int, seed: int) -> None:
-        super().__init__([r.config for r in runs], max_epochs, seed, list(range(len(runs))))
+    def __init__(self, runs: list[Run], max_epochs: int, seed: int,
+                 shortlist: Sequence[int] | None = None) -> None:
+        allowed = list(range(len(runs))) if shortlist is None else [int(i) for i in shortlist]
+        if not allowed or not all(0 <= i < len(runs) for i in allowed):
+            raise BenchError(f"Oracle: shortlist {shortlist!r} must name pool indices "
+                             f"0..{len(runs) - 1}")
+        super().__init__([r.config for r in runs], max_epochs, seed, allowed)
         self.runs = runs
+        self.allowed = allowed
 
     def ask(self, remaining_s: float | None = None) -> Decision | None:
         if not any(self.curves) and remaining_s is not None:
-            reach = [_best_within(run, remaining_s, self.max_epochs) for run in self.runs]
-            self.order = sorted(range(len(self.runs)), key=lambda i: (-reach[i], i))
+            reach = {i: _best_within(self.runs[i], remaining_s, self.max_epochs)
+                     for i in self.allowed}
+            self.order = sorted(self.allowed, key=lambda i: (-reach[i], i))
         return super().ask(remaining_s)
 
 

@@ -15,7 +15,8 @@ Methods are meta-trained on the training meta-dataset minus the test dataset.
 Metrics per budget: normalised regret (best_in_pool - incumbent) / (best_in_pool - worst_in_pool)
 with best/worst = max/min over the pool of each run's best score (mean with a 95 % bootstrap
 interval over the dataset x seed episodes), the average rank of the methods per episode, the gap
-best_in_pool - incumbent in score units, and the decision seconds the searcher spent.
+best_in_pool - incumbent in score units, the decision seconds the searcher spent, and each
+method's episode-paired regret difference to ``quicktune`` (or to the first method without it).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ from qtt_ray.bench.stats import (
     average_ranks,
     bootstrap_ci,
     normalised_regret,
+    paired_difference,
     pool_range,
     score_gap,
 )
 from qtt_ray.meta.dataset import MetaDataset, Run
 
 GRID_POINTS = 60
+REFERENCE = "quicktune"  # paired differences are against it when it is replayed
 HORIZONS = ("per-budget", "anytime")
 
 
@@ -218,7 +221,18 @@ def summarise(records: list[dict[str, Any]], settings: Settings) -> dict[str, di
                 ),
                 "episodes": len(regrets),
             }
+        reference = paired_reference(methods)
+        for method in methods:
+            if method != reference:
+                summary[method][label]["paired"] = {"reference": reference} | paired_difference(
+                    matrix[methods.index(reference)], matrix[methods.index(method)]
+                )
     return summary
+
+
+def paired_reference(methods: list[str]) -> str:
+    """``quicktune`` when it was replayed, else the first method."""
+    return REFERENCE if REFERENCE in methods else methods[0]
 
 
 def markdown(summary: dict[str, dict[str, dict]], settings: Settings) -> str:
@@ -229,9 +243,9 @@ def markdown(summary: dict[str, dict[str, dict]], settings: Settings) -> str:
                                        for label in labels) + " |"
     rule = "|---|" + "---|" * len(labels)
 
-    def table(title: str, cell) -> list[str]:
+    def table(title: str, cell, rows_of: dict[str, dict] = summary) -> list[str]:
         rows = [f"**{title}** (budget in {unit})", "", head, rule]
-        for method, by_budget in summary.items():
+        for method, by_budget in rows_of.items():
             rows.append(f"| {method} | " + " | ".join(cell(by_budget[lab]) for lab in labels)
                         + " |")
         return rows + [""]
@@ -245,6 +259,17 @@ def markdown(summary: dict[str, dict[str, dict]], settings: Settings) -> str:
                    lambda s: f"{s['iou_gap_mean']:.4f}")
     lines += table("Mean searcher decision seconds counted on the clock",
                    lambda s: f"{s['decision_s_mean']:.2f}")
+    others = {m: b for m, b in summary.items() if "paired" in b[labels[0]]} if labels else {}
+    if others:
+        reference = next(iter(others.values()))[labels[0]]["paired"]["reference"]
+        lines += table(
+            f"Paired over episodes: {reference} minus method [95 % CI] ({reference} won / tied / "
+            "lost; negative: it has lower regret)",
+            lambda s: (f"{s['paired']['mean']:+.3f} [{s['paired']['ci_low']:+.3f}, "
+                       f"{s['paired']['ci_high']:+.3f}] ({s['paired']['won']}/"
+                       f"{s['paired']['tied']}/{s['paired']['lost']})"),
+            others,
+        )
     episodes = next(iter(next(iter(summary.values())).values()))["episodes"] if summary else 0
     lines.append(f"Episodes per cell: {episodes} (datasets x seeds).")
     return "\n".join(lines) + "\n"

@@ -3,7 +3,8 @@
 Network: MLP encoders for the configuration (full one-hot encoding), the dataset meta-features
 (narrow, with dropout: meta-datasets hold few distinct datasets), the padded curve prefix with
 its mask, the target fidelity t/max_epochs, and the frozen ``ConfigPrior``'s quality score of the
-configuration; concatenated and mapped to a 16-d embedding.
+configuration (on a task, a per-pool table may replace it: ``set_pool_quality``); concatenated
+and mapped to a 16-d embedding.
 GP head: exact GP on the embedding with a Matern-5/2 ScaleKernel plus a ConstantKernel, a
 Gaussian likelihood, trained with the exact marginal log-likelihood.
 
@@ -167,6 +168,7 @@ class DeepKernelGP(gpytorch.models.ExactGP):
         self.max_epochs = spec.max_epochs
         self.config_width = spec.config_width
         self.prior = ConfigPrior(spec.config_width, arch.prior_members, arch.prior_hidden)
+        self.pool_quality: tuple[torch.Tensor, torch.Tensor] | None = None  # not a weight
         self.extractor = FeatureExtractor(spec, arch)
         self.mean_module = EmbeddingMean(arch.embedding, arch.mean_from_embedding)
         self.covar_module = (
@@ -175,13 +177,24 @@ class DeepKernelGP(gpytorch.models.ExactGP):
         )
 
     def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
-        with torch.no_grad():  # meta-trained before the GP and frozen (see ConfigPrior)
-            self.prior.eval()
-            quality = self.prior(x[..., : self.config_width])
+        quality = self.quality(x[..., : self.config_width])
         z = self.extractor(x, quality)
         mean = self.mean_module(torch.cat([z, quality.unsqueeze(-1)], dim=-1))
         mean = mean + self.last_score(x)
         return gpytorch.distributions.MultivariateNormal(mean, self.covar_module(z))
+
+    def quality(self, config: torch.Tensor) -> torch.Tensor:
+        """The frozen ConfigPrior's quality of each configuration row; rows found in the
+        ``pool_quality`` table (see ``PerformancePredictor.set_pool_quality``) take its value."""
+        with torch.no_grad():  # meta-trained before the GP and frozen (see ConfigPrior)
+            self.prior.eval()
+            quality = self.prior(config)
+            if self.pool_quality is not None:
+                rows, values = self.pool_quality
+                match = (config.unsqueeze(-2) == rows).all(dim=-1)  # (n, pool)
+                found = match.any(dim=-1)
+                quality = torch.where(found, values[match.int().argmax(dim=-1)], quality)
+        return quality
 
     def last_score(self, x: torch.Tensor) -> torch.Tensor:
         """The last observed score of each curve prefix (0 without one): the mean predicts the
@@ -240,6 +253,29 @@ class PerformancePredictor:
                 parameter
             )
         return [{"params": network, "lr": lr}, {"params": head, "lr": head_lr}]
+
+    def prior_quality(self, config_x: np.ndarray) -> np.ndarray:
+        """The ConfigPrior's quality of encoded configurations (``FeatureSpec.encode_configs``)."""
+        with torch.no_grad():
+            self.model.prior.eval()
+            return self.model.prior(_tensor(config_x)).numpy().copy()
+
+    def set_pool_quality(self, config_x: np.ndarray | None, quality: np.ndarray | None) -> None:
+        """Use ``quality`` instead of the ConfigPrior's value for these encoded configurations
+        (None: the prior everywhere). A per-task input, not a weight: ``state_dict`` leaves it
+        out, ``copy`` keeps it. The policy passes the zero-shot forest's ranking here."""
+        if config_x is None or quality is None:
+            self.model.pool_quality = None
+            return
+        rows, values = _tensor(config_x), _tensor(quality).reshape(-1)
+        if rows.ndim != 2 or rows.shape[1] != self.model.config_width or len(rows) != len(values):
+            raise PredictorError(
+                f"set_pool_quality: {tuple(rows.shape)} configuration rows of width "
+                f"{self.model.config_width} expected, with one quality each ({len(values)} given)"
+            )
+        if not torch.isfinite(values).all():
+            raise PredictorError("set_pool_quality: quality values must be finite")
+        self.model.pool_quality = (rows, values)
 
     # -- inputs ---------------------------------------------------------------------------
     def inputs(
@@ -381,6 +417,7 @@ class PerformancePredictor:
         """An independent copy (the policy adapts its own copy, never the shared artefact)."""
         twin = PerformancePredictor(self.spec, copy.deepcopy(self.arch))
         twin.load_state_dict(self.state_dict())
+        twin.model.pool_quality = self.model.pool_quality  # read-only tensors: shared
         return twin
 
 

@@ -39,7 +39,15 @@ meta-learned prior (replay, next-epoch, seeds 0-1: 0.181/0.104/0.080/0.043/0.033
 0.126/0.082/0.042/0.037/0.024 with it; ``prior_first=False`` restores that oldest first
 decision). The forest's pick replaced the GP's because the GP's prior mean is the weaker
 zero-shot ranker (see ``forest``; replay numbers in docs/benchmarks.md). From the first
-observation on, the GP's acquisition decides.
+observation on, the GP's acquisition decides, and ``quality_ranking`` says how the GP itself
+ranks the configurations it has not tried: its quality input on the pool keeps the ConfigPrior's
+values (the distribution the network was meta-trained on) in the prior's own order
+(``"prior"``, session 5), in the forest's (``"forest"``) or in the mean of both ranks
+(``"blend"``, the default; see ``ranked_quality``). Replays (docs/benchmarks.md, session 6):
+on the SAM2 curves "forest" and "blend" beat "prior" at 300-600 s (seeds 0-2, 300 s: 0.021 and
+0.022 against 0.038-0.040), but on Meta-Album "forest" lost to "prior" at 0.5x and 1x a full
+training (0.302 / 0.178 against 0.267 / 0.150, 0.5x significantly), while "blend" stayed within
+the noise of "prior" there (0.285 / 0.156).
 
 Online adaptation: after new observations the network is fine-tuned on this task's points,
 ALWAYS restarting from the meta-trained weights (bounded by ``adapt_steps`` and
@@ -93,6 +101,7 @@ from qtt_ray.space import Config, SearchSpace, SpaceError, config_key
 
 STATE_FORMAT = "qtt-ray/quicktune-policy/1"
 ACQUISITIONS = ("next-epoch", "lookahead")
+QUALITY_RANKINGS = ("prior", "forest", "blend")  # see ranked_quality
 BACKGROUND_NICE = 10
 
 
@@ -124,10 +133,16 @@ class QuickTunePolicy:
         background_adapt: bool = True,
         exploit_epochs: float = 5.0,
         zero_shot_first: bool = True,
+        quality_ranking: str = "blend",
     ) -> None:
         if acquisition not in ACQUISITIONS:
             raise PolicyError(
                 f"QuickTunePolicy: acquisition={acquisition!r}; choose one of {ACQUISITIONS}"
+            )
+        if quality_ranking not in QUALITY_RANKINGS:
+            raise PolicyError(
+                f"QuickTunePolicy: quality_ranking={quality_ranking!r}; choose one of "
+                f"{QUALITY_RANKINGS}"
             )
         predictors.check_compatible(space, list(meta_features), "QuickTunePolicy")
         spec = predictors.spec
@@ -173,9 +188,13 @@ class QuickTunePolicy:
         self._pool_x = spec.encode_configs(self.pool)
         self._meta_row = spec.encode_meta(self.meta_features)
         # the zero-shot forest's ranking of the pool: the first pick (None: the GP's prior mean)
-        self._zero_shot = (
-            predictors.zero_shot_scores(self._pool_x, self._meta_row) if zero_shot_first else None
-        )
+        forest_scores = predictors.zero_shot_scores(self._pool_x, self._meta_row)
+        self._zero_shot = forest_scores if zero_shot_first else None
+        if quality_ranking != "prior" and forest_scores is not None:
+            prior = self._performance.prior_quality(self._pool_x)
+            self._performance.set_pool_quality(
+                self._pool_x, ranked_quality(prior, forest_scores, quality_ranking == "blend")
+            )
         self._meta_cost = self._cost.predict_seconds(
             self.pool * max_epochs,
             self.meta_features,
@@ -494,6 +513,32 @@ class QuickTunePolicy:
         if self._adapted_at > 0 and self._adapt_steps_done > 0:
             self._adapt_on(self._adapted_at, self._adapt_steps_done, None)
         self._conditioned_at = -1
+
+
+def ranked_quality(prior: np.ndarray, forest: np.ndarray, blend: bool) -> np.ndarray:
+    """The ConfigPrior's quality values on the pool, handed out in a new order: the forest's
+    (``blend=False``) or the mean of the forest's and the prior's ranks (``blend=True``; ties
+    go to the forest's better one).
+
+    The deep kernel and the GP mean were meta-trained on the prior's values, so these keep
+    exactly their distribution on this pool (the scale the network knows) while the ranking
+    changes: the best prior value goes to the top configuration of the new order, and so on.
+    The forest's top picks are the better ones (see ``qtt_ray.core.forest``), though over whole
+    SAM2 pools it ranks no better (leave-one-dataset-out Spearman 0.65 against the prior's 0.71,
+    seeds 0-1; on Meta-Album 0.76 against 0.74).
+    """
+    if prior.shape != forest.shape or prior.ndim != 1:
+        raise PolicyError(f"ranked_quality: {prior.shape} prior vs {forest.shape} forest")
+    forest_rank = _ranks(forest)
+    key = forest_rank + (_ranks(prior) + forest_rank / (len(prior) + 1) if blend else 0)
+    quality = np.empty_like(prior)
+    quality[np.argsort(key, kind="stable")] = np.sort(prior)
+    return quality
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """0 for the lowest value ... n - 1 for the highest (ties: pool order)."""
+    return np.argsort(np.argsort(values, kind="stable"), kind="stable").astype(np.float64)
 
 
 def _yield_cpu() -> None:
