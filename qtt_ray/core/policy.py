@@ -44,10 +44,10 @@ ranks the configurations it has not tried: its quality input on the pool keeps t
 values (the distribution the network was meta-trained on) in the prior's own order
 (``"prior"``, session 5), in the forest's (``"forest"``) or in the mean of both ranks
 (``"blend"``, the default; see ``ranked_quality``). Replays (docs/benchmarks.md, session 6):
-on the SAM2 curves "forest" and "blend" beat "prior" at 300-600 s (seeds 0-2, 300 s: 0.021 and
-0.022 against 0.038-0.040), but on Meta-Album "forest" lost to "prior" at 0.5x and 1x a full
-training (0.302 / 0.178 against 0.267 / 0.150, 0.5x significantly), while "blend" stayed within
-the noise of "prior" there (0.285 / 0.156).
+on the SAM2 curves (10 seeds) "blend" and "forest" beat "prior" at 300 s (0.026 and 0.027
+against 0.034; level at the other budgets), but on Meta-Album "forest" lost to "prior" at 0.5x
+and 1x a full training (0.302 / 0.178 against 0.267 / 0.150, 0.5x significantly), while "blend"
+stayed within the noise of "prior" there (0.272 / 0.164).
 
 Online adaptation: after new observations the network is fine-tuned on this task's points,
 ALWAYS restarting from the meta-trained weights (bounded by ``adapt_steps`` and
