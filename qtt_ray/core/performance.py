@@ -156,6 +156,32 @@ class EmbeddingMean(gpytorch.means.Mean):
         return self.constant(z) + self.linear(inputs).squeeze(-1)
 
 
+class PoolQuality:
+    """Quality values of known configuration rows, found by exact match of the row.
+
+    Rows are keyed by an integer hash of their float64 bits (exact, whatever the batch) and
+    checked column by column after the lookup, so a collision falls back to the prior instead
+    of borrowing another row's value. This runs in every GP forward (adaptation steps too): a
+    dense (rows x pool) comparison cost ~5x the prior itself.
+    """
+
+    def __init__(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        self.rows, self.values = rows.contiguous(), values
+        generator = torch.Generator().manual_seed(0)
+        self._weights = torch.randint(1, 2**62, (rows.shape[1],), generator=generator) * 2 + 1
+        self._sorted_keys, self._order = torch.sort(self._keys(self.rows))
+
+    def _keys(self, rows: torch.Tensor) -> torch.Tensor:
+        return (rows.contiguous().view(torch.int64) * self._weights).sum(dim=-1)  # wraps
+
+    def lookup(self, config: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(value of the matching row, whether one matched) per configuration row."""
+        position = torch.searchsorted(self._sorted_keys, self._keys(config))
+        index = self._order[position.clamp_max(len(self._order) - 1)]
+        found = (self.rows[index] == config).all(dim=-1)
+        return self.values[index], found
+
+
 class DeepKernelGP(gpytorch.models.ExactGP):
     def __init__(
         self,
@@ -168,7 +194,7 @@ class DeepKernelGP(gpytorch.models.ExactGP):
         self.max_epochs = spec.max_epochs
         self.config_width = spec.config_width
         self.prior = ConfigPrior(spec.config_width, arch.prior_members, arch.prior_hidden)
-        self.pool_quality: tuple[torch.Tensor, torch.Tensor] | None = None  # not a weight
+        self.pool_quality: PoolQuality | None = None  # a per-task input, not a weight
         self.extractor = FeatureExtractor(spec, arch)
         self.mean_module = EmbeddingMean(arch.embedding, arch.mean_from_embedding)
         self.covar_module = (
@@ -187,14 +213,13 @@ class DeepKernelGP(gpytorch.models.ExactGP):
         """The frozen ConfigPrior's quality of each configuration row; rows found in the
         ``pool_quality`` table (see ``PerformancePredictor.set_pool_quality``) take its value."""
         with torch.no_grad():  # meta-trained before the GP and frozen (see ConfigPrior)
+            if self.pool_quality is not None:
+                values, found = self.pool_quality.lookup(config)
+                if bool(found.all()):  # the policy's rows all come from its pool
+                    return values
             self.prior.eval()
             quality = self.prior(config)
-            if self.pool_quality is not None:
-                rows, values = self.pool_quality
-                match = (config.unsqueeze(-2) == rows).all(dim=-1)  # (n, pool)
-                found = match.any(dim=-1)
-                quality = torch.where(found, values[match.int().argmax(dim=-1)], quality)
-        return quality
+            return quality if self.pool_quality is None else torch.where(found, values, quality)
 
     def last_score(self, x: torch.Tensor) -> torch.Tensor:
         """The last observed score of each curve prefix (0 without one): the mean predicts the
@@ -275,7 +300,7 @@ class PerformancePredictor:
             )
         if not torch.isfinite(values).all():
             raise PredictorError("set_pool_quality: quality values must be finite")
-        self.model.pool_quality = (rows, values)
+        self.model.pool_quality = PoolQuality(rows, values)
 
     # -- inputs ---------------------------------------------------------------------------
     def inputs(
@@ -417,7 +442,7 @@ class PerformancePredictor:
         """An independent copy (the policy adapts its own copy, never the shared artefact)."""
         twin = PerformancePredictor(self.spec, copy.deepcopy(self.arch))
         twin.load_state_dict(self.state_dict())
-        twin.model.pool_quality = self.model.pool_quality  # read-only tensors: shared
+        twin.model.pool_quality = self.model.pool_quality  # read-only: shared
         return twin
 
 
