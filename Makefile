@@ -29,6 +29,10 @@ test: install
 	$(PY) -m ruff check qtt_ray tests scripts
 	$(PY) -m pytest
 
+bench: install  # the headline replay (README "Benchmarks"); ~10 min on 2 cores
+	$(PY) -m qtt_ray.bench replay --train-meta qttseg --budgets 60 120 180 300 600 --seeds 10 \
+		--methods zero-shot quicktune --jobs 2 --out runs/bench
+
 lint: install
 	$(PY) -m ruff check qtt_ray tests scripts
 

@@ -29,6 +29,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("qtt_ray.space", "SpaceError"),
         ("qtt_ray.results", "ResultsError"),
         ("qtt_ray.trainables.replay_trainable", "ReplayError"),
+        ("qtt_ray.bench", "BenchError"),
+        ("qtt_ray.predict_io", "PredictError"),
     ):
         try:
             found = getattr(__import__(module, fromlist=[name]), name)

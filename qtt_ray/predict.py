@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
-from qtt_ray.data import DataError, Example, Sample, make_example
+from qtt_ray.data import Example, Sample, make_example
 from qtt_ray.data.errors import printable
 from qtt_ray.data.example import preprocess_image, resize_mask
 from qtt_ray.data.image_io import CorruptFileError, read_header, read_image
-from qtt_ray.model.adapter import load_adapter
+from qtt_ray.model.adapter import WEIGHTS, load_adapter
 from qtt_ray.model.build import ModelError, ModelSpec, canonical_name
 from qtt_ray.model.forward import box_logits, collate
 from qtt_ray.model.metrics import IoUAccumulator, semantic_prediction
@@ -48,10 +49,10 @@ from qtt_ray.predict_io import (
     read_reference_masks,
     write_png,
 )
-from qtt_ray.results import ResultsError
 
 SUMMARY = "predict.json"
 DEFAULT_BATCH_SIZE = 4  # the FineTuner's default: same batches, bit-identical validation logits
+PROG = "python -m qtt_ray.predict"
 
 
 # -- the model side, shared with qtt_ray.pictures ------------------------------------------------
@@ -215,6 +216,11 @@ def predict_folder(
         prompts = read_boxes_file(Path(boxes), files, sizes)
     try:
         loaded = load_adapter(adapter_dir, device)
+    except SafetensorError as error:  # truncated or overwritten weights file
+        raise PredictError(
+            f"{adapter_dir / WEIGHTS}: unreadable ({str(error).strip().splitlines()[0][:160]}); "
+            "the file is damaged, copy it again from the run folder or re-run tuning"
+        ) from error
     except RuntimeError as error:  # a tensor of the wrong shape: another rank or base model
         detail = str(error).strip().splitlines()[0][:160]
         raise PredictError(
@@ -313,7 +319,7 @@ def format_summary(summary: dict[str, Any], out: Path, limit: int = 20) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m qtt_ray.predict",
+        prog=PROG,
         description="Segment images with a tuned SAM2 adapter and box prompts.",
     )
     parser.add_argument("--run", required=True, type=Path,
@@ -330,15 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from qtt_ray.cli import run_cli
+
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
+        if args.batch_size < 1:
+            raise PredictError(f"--batch-size {args.batch_size} must be at least 1")
         summary = predict_folder(args.run, args.images, args.out, args.boxes, args.masks,
                                  args.device, args.batch_size)
-    except (PredictError, DataError, ModelError, ResultsError) as error:
-        print(f"error: {printable(error)}", file=sys.stderr)
-        return 2
-    print(format_summary(summary, args.out))
-    return 0
+        print(format_summary(summary, args.out))
+        return 0
+
+    return run_cli(PROG, body)
 
 
 if __name__ == "__main__":

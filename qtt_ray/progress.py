@@ -4,10 +4,12 @@
     +0.222) | ETA 7:55
 
 On a terminal the line is redrawn in place (carriage return, cut to the terminal width so it
-never wraps) and ticks once a second; elsewhere (a log file, CI) each update is a plain line, so
-logs stay readable. ``ProgressLine`` is plain Python (testable with ``io.StringIO``);
-``ProgressCallback`` feeds it from Ray Tune's callback events. ETA is the budget left: the run
-ends when the budget is spent, whatever the trials do.
+never wraps) and ticks once a second; elsewhere (a log file, CI) a plain line is written per
+trained epoch or new best IoU, and once at the end, so logs stay readable (trials pausing and
+resuming between epochs, or the end-of-run wind-down of paused trials, add no lines).
+``ProgressLine`` is plain Python (testable with ``io.StringIO``); ``ProgressCallback`` feeds it
+from Ray Tune's callback events. ETA is the budget left: the run ends when the budget is spent,
+whatever the trials do.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ProgressLine:
         self.width = width
         self._drawn = 0  # characters of the live line now on screen
         self._last_news: tuple | None = None
+        self._last_written: str | None = None
 
     def format(self, state: ProgressState) -> str:
         shown = min(state.elapsed_s, self.budget_s) if self.budget_s > 0 else state.elapsed_s
@@ -91,8 +94,9 @@ class ProgressLine:
         return f"best IoU {best:.3f} (zero-shot {zero:.3f}, {best - zero:+.3f})"
 
     def update(self, state: ProgressState) -> None:
-        """Draw ``state``: redraw the TTY line; on other streams write a line only when the
-        counts or the best IoU changed (the clock alone is no news in a log)."""
+        """Draw ``state``: redraw the TTY line; on other streams write a line only when an epoch
+        was trained or the best IoU moved (the clock or trial states alone are no news in a
+        log)."""
         if self.quiet:
             return
         text = self.format(state)
@@ -103,21 +107,27 @@ class ProgressLine:
             self.stream.write("\r" + text + padding)
             self._drawn = len(text)
         else:
-            news = (state.running, state.paused, state.done, state.epochs, state.best_iou)
+            news = (state.epochs, state.best_iou)
             if news == self._last_news:
                 return
             self._last_news = news
-            self.stream.write(text + "\n")
+            self._write_line(text)
         self.stream.flush()
 
     def close(self, state: ProgressState | None = None) -> None:
         """Draw a last state (if given) and end the live line, so later output starts clean."""
         if state is not None:
             self.update(state)
+            if not self.quiet and not self.is_tty and self._last_written != self.format(state):
+                self._write_line(self.format(state))  # the final counts, once
         if not self.quiet and self.is_tty and self._drawn:
             self.stream.write("\n")
             self.stream.flush()
             self._drawn = 0
+
+    def _write_line(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self._last_written = text
 
     def _columns(self) -> int:
         if self.width is not None:

@@ -149,19 +149,13 @@ def _value(value: Any) -> str:
 def main(argv: list[str] | None = None) -> int:
     """``python -m qtt_ray.report RUN``: (re)write the report of a finished run folder."""
     import argparse
-    import sys
 
-    from qtt_ray.results import ResultsError
+    from qtt_ray.cli import run_cli
 
     parser = argparse.ArgumentParser(prog="python -m qtt_ray.report", description=main.__doc__)
     parser.add_argument("run", type=Path, help="output folder of qtt_ray.tune")
     args = parser.parse_args(argv)
-    try:
-        print(write_report(args.run))
-    except ResultsError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(parser.prog, lambda: print(write_report(args.run)))
 
 
 if __name__ == "__main__":

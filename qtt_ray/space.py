@@ -100,6 +100,8 @@ class Ordinal:
 
     def index(self, value: Value) -> int:
         number = float(value)
+        if not math.isfinite(number):  # NaN is "close" to nothing, yet argmin would pick 0
+            raise SpaceError(f"{self.name}={value!r} is not one of {list(self.values)}")
         distances = [abs(number - v) for v in self.values]
         best = int(np.argmin(distances))
         if distances[best] > 1e-9 * max(1.0, abs(number)):

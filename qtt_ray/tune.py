@@ -143,6 +143,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume is not None and not (Path(args.resume) / RUN_FILE).is_file():
         raise CliError(f"--resume {args.resume}: no {RUN_FILE} there; pass an output folder of "
                        f"an interrupted {PROG} run")
+    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
+        raise CliError(f"--output {args.output} is a file; pass a folder (new or existing)")
 
 
 def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -283,13 +285,21 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
     saved = None
     if args.resume is not None:
         output = Path(args.resume).resolve()
-        saved = json.loads((output / RUN_FILE).read_text())
-        check_resume_options(saved, given or set(), args)
-        settings = RunSettings.from_json(saved["settings"])
-        searcher = saved["searcher"]
-        predictors = Path(saved["predictors"]) if saved.get("predictors") else None
-        storage, experiment = saved["storage"], saved["experiment"]
-        replay = ReplaySource(**saved["replay"]) if saved.get("replay") else None
+        try:
+            saved = json.loads((output / RUN_FILE).read_text())
+            check_resume_options(saved, given or set(), args)
+            settings = RunSettings.from_json(saved["settings"])
+            searcher = saved["searcher"]
+            predictors = Path(saved["predictors"]) if saved.get("predictors") else None
+            storage, experiment = saved["storage"], saved["experiment"]
+            replay = ReplaySource(**saved["replay"]) if saved.get("replay") else None
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
+                AttributeError) as err:
+            raise CliError(
+                f"--resume {args.resume}: {RUN_FILE} is unreadable or incomplete "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
+                "it was edited or cut off, start a new run with --output"
+            ) from err
         if "://" not in storage and not (Path(storage) / experiment).is_dir():
             raise CliError(f"--resume {args.resume}: the Ray experiment "
                            f"{Path(storage) / experiment} is gone; start a new run")

@@ -40,6 +40,16 @@ def drive(opt, curves: list[list[float]], steps: int = 10_000) -> list[tuple[int
     return done
 
 
+@pytest.mark.parametrize("cls", [RandomFull, RandomOneEpoch, ASHA, Hyperband])
+def test_an_ended_trial_is_not_asked_again(cls) -> None:
+    opt = cls(CONFIGS, 10, seed=1)
+    first = opt.ask()
+    opt.end(first.trial_id)  # its recorded curve stops here: no score, no later epoch
+    assert opt.curves[first.trial_id] == [] and opt.incumbent() is None
+    asked = [d.trial_id for d in iter(opt.ask, None)]
+    assert asked and first.trial_id not in asked
+
+
 def rising_curves(n: int, seed: int = 0) -> list[list[float]]:
     rng = np.random.default_rng(seed)
     finals = rng.uniform(0.2, 0.9, n)

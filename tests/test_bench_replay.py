@@ -16,6 +16,7 @@ from qtt_ray.bench.methods import METHODS
 from qtt_ray.bench.peers import Hyperband, RandomFull
 from qtt_ray.bench.replay import Settings, budget_label, draw_pool, full_training_cost, run_dataset
 from qtt_ray.bench.stats import normalised_regret, pool_range
+from qtt_ray.core import QuickTunePolicy, untrained_predictors
 from qtt_ray.core.protocol import Decision
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import SAM2_SPACE
@@ -64,11 +65,48 @@ def test_decision_time_is_counted_and_reported() -> None:
 
 
 def test_horizon_stops_the_replay_and_short_curves_end_trials() -> None:
-    runs = pool(epochs=2)  # the searcher asks for epoch 3: told NaN at no cost
+    runs = pool(epochs=2)  # the searcher asks for epoch 3: ended at no cost
     trace = replay(lambda: RandomFull(CONFIGS, 3, seed=0), runs, 1e9, ClockRules(0, 0, False))
     assert sum(math.isnan(s) for s in trace.scores) == 6
     short = replay(lambda: RandomFull(CONFIGS, 3, seed=0), runs, 25.0, ClockRules(0, 0, False))
     assert short.end_s >= 25.0 and len(short.times) < len(trace.times)
+
+
+class Recording:
+    """Wraps a searcher and records what the replay calls on it."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.inner, name)
+
+        def call(*args, **kwargs):
+            self.calls.append((name, *args))
+            return method(*args, **kwargs)
+
+        return call
+
+
+def test_a_curve_that_stops_early_ends_the_policys_trial_without_a_bad_score() -> None:
+    runs = pool(epochs=2)
+    searchers: list[Recording] = []
+
+    def make() -> Recording:
+        predictors = untrained_predictors(SAM2_SPACE, ["num_samples"], max_epochs=3)
+        searchers.append(Recording(QuickTunePolicy(
+            SAM2_SPACE, CONFIGS, {"num_samples": 100.0}, predictors, max_epochs=3, seed=0)))
+        return searchers[-1]
+
+    replay(make, runs, 1e9, ClockRules(0, 0, False))
+    calls, policy = searchers[0].calls, searchers[0].inner
+    told = [c for c in calls if c[0] == "tell"]
+    ended = [c[1] for c in calls if c[0] == "end"]
+    assert len(told) == 12 and all(not math.isnan(c[3]) for c in told)  # 6 runs x 2 epochs
+    assert sorted(ended) == list(range(6))  # each asked for its missing epoch 3 once
+    assert all(policy.stop_reason(t) == "ended" for t in range(6))
+    assert all(len(policy.trial_scores(t)) == 2 for t in range(6))  # no NaN recorded
+    assert calls[-1][0] == "close"  # no background adaptation outlives its replay
 
 
 def test_pool_budget_helpers() -> None:
@@ -109,10 +147,29 @@ def test_cli_smoke_run_on_the_sam2_curves(shared_dir: Path, tmp_path: Path, caps
     assert "| zero-shot |" in capsys.readouterr().out
 
 
-def test_cli_rejects_bad_input_with_exit_code_2(tmp_path: Path, capsys) -> None:
+def test_cli_rejects_bad_input_with_exit_code_2(tmp_path: Path, capsys, monkeypatch) -> None:
     assert main(["replay", "--methods", "bogus", "--out", str(tmp_path)]) == 2
     assert "unknown method 'bogus'" in capsys.readouterr().err
-    assert main(["replay", "--train-meta", str(tmp_path / "x.txt"), "--out", str(tmp_path)]) == 2
+    monkeypatch.setenv("QTT_VENV", str(tmp_path / "no-venv"))  # checked before any replay
+    assert main(["replay", "--methods", "random", "quicktunetool", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no virtualenv" in err and "setup_quicktunetool.sh" in err and "\n" not in err.strip()
+    assert not (tmp_path / "results.json").exists()
+
+
+
+def test_overhead_rejects_a_bad_budget_and_names_a_failed_run(tmp_path: Path, capsys) -> None:
+    assert main(["overhead", "--budget", "-5"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "python -m qtt_ray.bench overhead: error: --budget -5 must be a positive number of "
+        "seconds")
+    assert main(["overhead", "--budget", "5", "--data", str(tmp_path / "nope"),
+                 "--searchers", "random"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("python -m qtt_ray.bench overhead: error: the tuning run with "
+                           "--searcher random failed (exit 2)")
+    assert main(["replay", "--train-meta", str(tmp_path / "x.txt"), "--methods", "random",
+                 "--out", str(tmp_path)]) == 2
     assert "not a meta-dataset" in capsys.readouterr().err
 
 

@@ -78,6 +78,19 @@ def test_curves_are_padded_masked_and_nan_becomes_bad_score() -> None:
         s.encode_curves([[0.1] * 5])
 
 
+def test_assemble_checks_the_width_of_every_part() -> None:
+    s = spec(max_epochs=4)
+    configs = s.encode_configs([onecycle_config()] * 2)
+    values, mask = s.encode_curves([[0.5], []])
+    meta = s.encode_meta(META)
+    rows = s.assemble(configs, meta, values, mask, np.array([0.5, 0.25]))
+    assert rows.shape == (2, s.input_width) and rows[0, -1] == 0.5
+    with pytest.raises(PredictorError, match=r"width .*expected"):
+        s.assemble(configs, meta, values[:, :3], mask, np.array([0.5, 0.25]))  # a short curve
+    with pytest.raises(PredictorError, match="configuration"):
+        s.assemble(configs[:, 1:], meta, values, mask, np.array([0.5, 0.25]))
+
+
 def test_pairs_cover_every_prefix_and_target() -> None:
     runs, prefixes, targets = all_pairs(np.array([3, 1]))
     pairs = set(zip(runs.tolist(), prefixes.tolist(), targets.tolist(), strict=True))

@@ -17,7 +17,7 @@ from qtt_ray.core import (
 )
 from qtt_ray.core.forest import ZeroShotForest
 from qtt_ray.core.policy import ranked_quality
-from qtt_ray.core.predictors import FOREST_FILE
+from qtt_ray.core.predictors import COST_FILE, FOREST_FILE, PERFORMANCE_FILE
 from qtt_ray.space import Categorical, Float, SearchSpace
 
 SPACE = SearchSpace(
@@ -110,6 +110,18 @@ def test_the_forest_survives_save_and_load_and_a_missing_file_is_named(tmp_path)
     save_file({"roots": torch.zeros(1, dtype=torch.int64)}, str(folder / FOREST_FILE))
     with pytest.raises(PredictorError, match="re-save"):
         Predictors.load(folder)
+
+
+@pytest.mark.parametrize("name", [PERFORMANCE_FILE, COST_FILE, FOREST_FILE])
+@pytest.mark.parametrize("keep", [0, 12])  # empty, and cut inside the header
+def test_a_truncated_weights_file_is_a_one_line_error_naming_it(tmp_path, name, keep) -> None:
+    predictors = with_forest(untrained_predictors(SPACE, ["num_samples"]), 2, 6)
+    folder = predictors.save(tmp_path / "artefact")
+    path = folder / name
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(PredictorError, match="re-save") as caught:
+        Predictors.load(folder)
+    assert name in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_ranked_quality_hands_the_prior_s_values_out_in_the_new_order() -> None:

@@ -11,13 +11,16 @@ import torch
 
 from qtt_ray.core import PolicyError, PredictorError, QuickTunePolicy, untrained_predictors
 from qtt_ray.core.protocol import Optimizer
-from qtt_ray.space import Categorical, Float, SearchSpace
+from qtt_ray.meta.train import load_default_predictors
+from qtt_ray.space import SAM2_SPACE, Categorical, Float, SearchSpace
 
 SPACE = SearchSpace(
     (Float("lr", 1e-4, 1e-1, log=True), Categorical("optimizer", ("adam", "sgd"))), name="toy"
 )
 META = {"num_samples": 100.0}
 PREDICTORS = untrained_predictors(SPACE, ["num_samples"], max_epochs=10)
+SAM2_META = {"num_samples": 200.0, "num_classes": 1.0, "height": 440.0, "width": 512.0,
+             "num_channels": 3.0}
 
 
 def policy(n: int = 4, **kwargs: object) -> QuickTunePolicy:
@@ -188,6 +191,104 @@ def test_online_adaptation_changes_predictions_and_is_bounded() -> None:
     run_steps(p, 4)
     p.ask()
     assert 1 <= p.state_dict()["adapt_steps_done"] < 1000  # the time limit cut it short
+
+
+def trained_policy(**kwargs: object) -> QuickTunePolicy:
+    """The shipped, meta-trained predictors on a SAM2 pool: adaptation moves real weights."""
+    settings = {"adapt": True, "adapt_steps": 20, "adapt_time_s": 60.0, "seed": 2,
+                "background_adapt": False, **kwargs}
+    return QuickTunePolicy(SAM2_SPACE, SAM2_SPACE.sample_many(12, 5), SAM2_META,
+                           load_default_predictors(), **settings)
+
+
+def sam2_score(config: dict, epoch: int) -> float:
+    return 0.4 + 0.05 * math.log10(config["lr"]) + 0.02 * epoch
+
+
+def pool_predictions(p: QuickTunePolicy) -> np.ndarray:
+    """The policy's posterior mean at the last epoch for every pool configuration."""
+    p._refresh_model()
+    curves = [p._scores[i] for i in range(len(p.pool))]
+    values, mask = p._spec.encode_curves(curves)
+    x = p._spec.assemble(p._pool_x, p._meta_row, values, mask,
+                         p._spec.fidelity(np.full(len(p.pool), p.max_epochs)))
+    return p._performance.predict_inputs(x)[0]
+
+
+def tell_steps(p: QuickTunePolicy, steps: int) -> None:
+    for _ in range(steps):
+        d = p.ask()
+        assert d is not None
+        p.tell(d.trial_id, d.epoch, sam2_score(d.config, d.epoch), 5.0)
+
+
+def test_adaptation_moves_the_meta_trained_predictions_it_conditions_on() -> None:
+    adapted, frozen = trained_policy(), trained_policy(adapt=False)
+    tell_steps(adapted, 4)
+    tell_steps(frozen, 4)
+    moved = np.abs(pool_predictions(adapted) - pool_predictions(frozen))
+    assert adapted._adapted_at >= 3 and frozen._adapted_at == 0
+    assert moved.max() > 1e-4  # 20 Adam steps on the task's points change the network
+
+
+def test_state_round_trip_with_meta_trained_predictors_restores_the_adaptation() -> None:
+    original = trained_policy()
+    tell_steps(original, 5)
+    out = original.ask()  # adapts on all 5 observations; the snapshot is taken right after
+    assert out is not None
+    state = json.loads(json.dumps(original.state_dict()))
+    assert state["adapted_at"] == 5 and state["adapt_steps_done"] == 20
+    restored = trained_policy()
+    restored.load_state_dict(state)  # must replay that adaptation: nothing else triggers it
+    assert np.array_equal(pool_predictions(restored), pool_predictions(original))
+    for policy_ in (original, restored):
+        policy_.tell(out.trial_id, out.epoch, sam2_score(out.config, out.epoch), 5.0)
+    for _ in range(3):
+        a, b = original.ask(), restored.ask()
+        assert a == b and a is not None
+        original.tell(a.trial_id, a.epoch, sam2_score(a.config, a.epoch), 5.0)
+        restored.tell(a.trial_id, a.epoch, sam2_score(a.config, a.epoch), 5.0)
+
+
+def test_ei_compares_each_candidate_with_y_star_at_its_own_next_epoch(monkeypatch) -> None:
+    import qtt_ray.core.policy as policy_module
+
+    p = policy(n=4)
+    for trial, scores in ((0, [0.5, 0.6, 0.9]), (1, [0.7])):
+        for epoch, score in enumerate(scores, start=1):
+            p._running[trial] = epoch
+            p.tell(trial, epoch, score, 1.0)
+    seen: list[np.ndarray] = []
+    real = policy_module.expected_improvement
+
+    def recording(mean, std, best, xi=0.0):
+        seen.append(np.asarray(best, dtype=float).copy())
+        return real(mean, std, best, xi)
+
+    monkeypatch.setattr(policy_module, "expected_improvement", recording)
+    p.ask()
+    # candidates in pool order: trial 0 (next epoch 4), 1 (epoch 2), 2 and 3 (epoch 1);
+    # y*(b) = best score seen at any fidelity <= b
+    assert seen[0].tolist() == [0.9, 0.7, 0.7, 0.7]
+
+
+def test_end_stops_a_trial_without_an_observation() -> None:
+    p = policy(n=3)
+    first = p.ask()
+    assert first is not None
+    p.tell(first.trial_id, 1, 0.6, 1.0)
+    again = p.ask()
+    assert again is not None
+    p.end(again.trial_id)  # e.g. a recorded curve that stops before this epoch
+    assert p.stop_reason(again.trial_id) == "ended"
+    assert p.n_observations == 1 and p.running() == {}
+    assert p.trial_scores(again.trial_id) == ([0.6] if again.trial_id == first.trial_id else [])
+    state = json.loads(json.dumps(p.state_dict()))
+    restored = policy(n=3)
+    restored.load_state_dict(state)
+    assert restored.stop_reason(again.trial_id) == "ended"
+    asked = [d.trial_id for d in iter(restored.ask, None)]
+    assert again.trial_id not in asked
 
 
 def target_epochs(p: QuickTunePolicy, remaining_s: float | None) -> list[int]:

@@ -209,8 +209,26 @@ def test_more_images_requested_than_available_uses_all(tmp_path: Path) -> None:
 
 
 def test_missing_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere does not exist"):
         load_dataset(tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DataError, match="afile is a file, not a folder"):
+        load_dataset(tmp_path / "afile")
+
+
+def test_data_warnings_reach_no_last_resort_handler(tmp_path: Path) -> None:
+    """Without logging configured (a plain CLI process; pytest installs its own handlers),
+    a warning is kept for the CLI to print once, not also written bare by logging."""
+    import subprocess
+    import sys
+
+    _good_folder(tmp_path, count=4)
+    _write(tmp_path, "lonely_image", Image.fromarray(_image()), None)
+    code = ("import sys; from qtt_ray.data import load_dataset; "
+            "d = load_dataset(sys.argv[1], num_images=10); print(len(d.warnings))")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+    assert int(done.stdout) >= 1 and "without a mask" not in done.stderr
 
 
 def test_missing_masks_subfolder(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from qtt_ray.meta.importers import (
     GOLF_NOTE,
+    METAALBUM_DIR,
+    QTTSEG_FILE,
     combine,
     import_metaalbum,
     import_qttseg_csv,
@@ -107,3 +109,56 @@ def test_combine_refuses_different_spaces(qttseg, metaalbum) -> None:
     assert len(combine([qttseg, qttseg]).runs) == 980
     with pytest.raises(MetaSchemaError, match="different search spaces"):
         combine([qttseg, metaalbum])
+
+
+def broken_csv(shared_dir: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the QTT-SEG CSV with ``edit`` applied to its text."""
+    text = (shared_dir / "meta" / QTTSEG_FILE).read_text()
+    path = tmp_path / "broken.csv"
+    path.write_text(edit(text))
+    return path
+
+
+def set_field(text: str, column: str, value: str) -> str:
+    """The CSV text with ``column`` of the first data row set to ``value``."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(text)))
+    rows[1][rows[0].index(column)] = value
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows(rows)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t[:3000], "row .* fields than the header"),  # cut off mid-row
+    (lambda t: set_field(t, "cost", "-1"), "row 2: cost '-1' is not a positive"),
+    (lambda t: set_field(t, "epoch_2_iou", "7.5"), "row 2: IoU 7.5 is outside 0..1"),
+    (lambda t: set_field(t, "lr", "nan"), "row 2: lr=nan"),
+])
+def test_a_damaged_qttseg_csv_is_a_one_line_error(shared_dir: Path, tmp_path: Path, edit,
+                                                  message: str) -> None:
+    with pytest.raises(MetaSchemaError, match=message) as caught:
+        import_qttseg_csv(broken_csv(shared_dir, tmp_path, edit))
+    assert "broken.csv" in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("curves_eval_top1.json", "not valid JSON"),
+    ("args_table.csv", "fields, the header"),
+])
+def test_a_damaged_metaalbum_file_is_a_one_line_error(shared_dir: Path, tmp_path: Path,
+                                                      name: str, message: str) -> None:
+    source = shared_dir / "meta" / METAALBUM_DIR
+    copy = tmp_path / METAALBUM_DIR
+    copy.mkdir()
+    for file in source.iterdir():
+        if file.is_file():
+            (copy / file.name).symlink_to(file)
+    (copy / name).unlink()
+    text = (source / name).read_text()
+    (copy / name).write_text(text[: len(text) // 2])
+    with pytest.raises(MetaSchemaError, match=message) as caught:
+        import_metaalbum(copy)
+    assert name in str(caught.value) and "\n" not in str(caught.value)

@@ -77,6 +77,18 @@ def test_onecycle_hand_values():
     assert lrs[-1] == pytest.approx(final)
 
 
+@pytest.mark.parametrize("steps_per_epoch", [1, 2, 3])
+@pytest.mark.parametrize("pct_start", [0.05, 0.1, 0.15, 0.3])
+def test_onecycle_survives_tiny_datasets(steps_per_epoch: int, pct_start: float):
+    # 1 batch/epoch with pct_start 0.1 (or 2 with 0.05) made torch divide by a 0-step warm-up
+    sched, opt = schedule("onecycle", steps_per_epoch=steps_per_epoch,
+                          onecycle_pct_start=pct_start, onecycle_div_factor=25,
+                          onecycle_final_div_factor=1000)
+    lrs = epoch_lrs(sched, opt, MAX_EPOCHS)
+    assert all(math.isfinite(lr) and 0 < lr <= LR * (1 + 1e-9) for lr in lrs)
+    assert max(lrs) > lrs[0] and lr_of(opt) == pytest.approx(LR / 25 / 1000)
+
+
 def test_plateau_per_epoch_on_validation_loss():
     sched, opt = schedule("plateau", decay_rate=0.5, patience_epochs=1)
     assert not sched.per_batch

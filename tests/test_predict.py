@@ -155,7 +155,7 @@ def _error(args: list[str], capsys) -> str:
     code, _, err = _predict(args, capsys)
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert len(lines) == 1 and lines[0].startswith("python -m qtt_ray.predict: error: ")
     return lines[0]
 
 
@@ -175,6 +175,11 @@ def test_run_folder_without_adapter(tuned, tmp_path, capsys) -> None:
 def test_missing_images_folder(tuned, tmp_path, capsys) -> None:
     message = _error(_args(tuned, tmp_path, **{"--images": str(tmp_path / "nope")}), capsys)
     assert "--images" in message and "no such folder" in message
+
+
+def test_batch_size_below_one_is_refused(tuned, tmp_path, capsys) -> None:
+    message = _error([*_args(tuned, tmp_path), "--batch-size", "0"], capsys)
+    assert "--batch-size 0 must be at least 1" in message
 
 
 def test_no_prompts_given(tuned, tmp_path, capsys) -> None:
@@ -216,6 +221,15 @@ def test_adapter_that_does_not_fit_its_model(tuned, tmp_path, capsys) -> None:
                                   capsys)
 
 
+@pytest.mark.parametrize("keep", [0, 40])  # empty, and cut inside the header
+def test_a_truncated_weights_file_is_named(tuned, tmp_path, capsys, keep: int) -> None:
+    adapter = shutil.copytree(tuned["run"] / BEST_ADAPTER, tmp_path / "adapter")
+    weights = adapter / "adapter.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])
+    message = _error(_args(tuned, tmp_path / "out", **{"--run": str(adapter)}), capsys)
+    assert "adapter.safetensors: unreadable" in message and "damaged" in message
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_cuda_requested_without_a_gpu(tuned, tmp_path, capsys) -> None:
     message = _error([*_args(tuned, tmp_path), "--device", "cuda"], capsys)
@@ -231,4 +245,5 @@ def test_command_line_exit_code_without_traceback(tmp_path) -> None:
         timeout=300,
     )
     assert done.returncode == 2
-    assert done.stderr.strip().startswith("error: --run") and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith("python -m qtt_ray.predict: error: --run")
+    assert "Traceback" not in done.stderr

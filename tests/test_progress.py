@@ -74,11 +74,23 @@ def test_plain_stream_gets_whole_lines_only_when_something_changed() -> None:
     assert not line.is_tty
     line.update(state())
     line.update(state(elapsed_s=130.0))  # only the clock moved: no new line in a log
+    line.update(state(running=0, paused=4))  # a trial paused between epochs: no news either
     line.update(state(epochs=15))
+    line.update(state(epochs=15, best_iou=0.8))
     line.close()
     lines = stream.getvalue().splitlines()
-    assert len(lines) == 2 and "\r" not in stream.getvalue()
-    assert "14 epochs" in lines[0] and "15 epochs" in lines[1]
+    assert len(lines) == 3 and "\r" not in stream.getvalue()
+    assert "14 epochs" in lines[0] and "15 epochs" in lines[1] and "0.800" in lines[2]
+
+
+def test_plain_stream_ends_with_the_final_counts_once() -> None:
+    stream = io.StringIO()
+    line = ProgressLine(600, 0.5, stream=stream)
+    line.update(state(epochs=15))
+    line.close(state(epochs=15, running=0, paused=0, done=7))  # paused trials wound down
+    line.close(state(epochs=15, running=0, paused=0, done=7))
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2 and "7 done" in lines[1] and "7 done" not in lines[0]
 
 
 @pytest.mark.parametrize("stream", [io.StringIO(), FakeTTY()], ids=["plain", "tty"])

@@ -86,6 +86,9 @@ def test_bad_configurations_are_named() -> None:
         SAM2_SPACE.validate({**SAM2_SPACE.sample(0), "momentum": 0.9})
     with pytest.raises(SpaceError, match="missing"):
         SAM2_SPACE.validate({"lora": 0})
+    for number in (float("nan"), float("inf"), -float("inf")):  # not snapped onto the grid
+        with pytest.raises(SpaceError, match="lr"):
+            SAM2_SPACE.validate({**SAM2_SPACE.sample(0), "lr": number})
 
 
 def test_json_round_trip_and_parent_order() -> None:

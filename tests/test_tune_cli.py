@@ -85,3 +85,19 @@ def test_an_incompatible_predictor_artefact_is_one_line(capsys, tmp_path) -> Non
                                      "--num-images", "12"], capsys)
     assert code == 2 and "Traceback" not in err
     assert str(folder) in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"settings": {}}', "[]"])
+def test_a_damaged_run_file_on_resume_is_one_line(capsys, tmp_path, content: str) -> None:
+    (tmp_path / tune.RUN_FILE).write_text(content)
+    code, err = run_main(tune.main, ["--resume", str(tmp_path)], capsys)
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert f"--resume {tmp_path}: {tune.RUN_FILE} is unreadable" in last
+
+
+def test_an_output_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    code, err = run_main(tune.main, ["--output", str(target), "--model", "micro"], capsys)
+    assert code == 2 and "--output" in err.strip().splitlines()[-1] and "Traceback" not in err

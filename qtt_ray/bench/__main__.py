@@ -12,12 +12,7 @@ from qtt_ray.bench.clock import ClockRules
 from qtt_ray.bench.methods import DEFAULT_METHODS, check_methods
 from qtt_ray.bench.replay import HORIZONS, Settings, run_benchmark, write_outputs
 from qtt_ray.cli import run_cli
-from qtt_ray.core.errors import PolicyError, PredictorError
 from qtt_ray.meta.importers import combine, load_meta_source
-from qtt_ray.meta.schema import MetaSchemaError
-from qtt_ray.space import SpaceError
-
-USER_ERRORS = (BenchError, MetaSchemaError, SpaceError, PredictorError, PolicyError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "full-training cost, e.g. 0.1 0.25 0.5 1")
     replay.add_argument("--seeds", type=int, default=10, help="number of seeds (0..N-1)")
     replay.add_argument("--methods", nargs="+", default=DEFAULT_METHODS,
-                        help=f"methods to compare (default: all: {' '.join(DEFAULT_METHODS)})")
+                        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)}; also "
+                             "the bounds oracle and oracle-zero-shot-top10 and the ablations "
+                             "in docs/benchmarks.md)")
     replay.add_argument("--pool-size", type=int, default=128,
                         help="recorded runs of the test dataset per pool (all if fewer)")
     replay.add_argument("--start-overhead", type=float, default=0.0, metavar="SECONDS",
@@ -87,9 +84,14 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if args.predictor_seed != "episode" and not str(args.predictor_seed).isdigit():
         raise BenchError(f"--predictor-seed {args.predictor_seed!r}: give 'episode' or an "
                          "integer >= 0")
+    methods = check_methods(list(dict.fromkeys(args.methods)))
+    if "quicktunetool" in methods:
+        from qtt_ray.bench.quicktunetool import venv_python
+
+        venv_python()  # its own virtualenv: say so now, not after the other methods ran
     return Settings(
         predictor_seed=None if args.predictor_seed == "episode" else int(args.predictor_seed),
-        methods=check_methods(list(dict.fromkeys(args.methods))),
+        methods=methods,
         budgets=sorted(budgets),
         fractions=fractions,
         seeds=list(range(args.seeds)),
@@ -109,19 +111,19 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli("python -m qtt_ray.bench throughput", lambda: throughput.run(args))
     if args.command == "overhead":
         return run_cli("python -m qtt_ray.bench overhead", lambda: overhead.run(args))
-    try:
-        settings = settings_from(args)
-        train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta")
-        test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta")
-                if args.test_meta else None)
-        records = run_benchmark(train, test, settings)
-        command = "python -m qtt_ray.bench " + shlex.join(argv)
-        summary = write_outputs(records, settings, args.out, command)
-    except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_cli("python -m qtt_ray.bench replay", lambda: replay_main(args, argv))
+
+
+def replay_main(args: argparse.Namespace, argv: list[str]) -> int:
     from qtt_ray.bench.replay import markdown
 
+    settings = settings_from(args)
+    train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta")
+    test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta")
+            if args.test_meta else None)
+    records = run_benchmark(train, test, settings)
+    command = "python -m qtt_ray.bench " + shlex.join(argv)
+    summary = write_outputs(records, settings, args.out, command)
     print(markdown(summary, settings))
     print(f"wrote {args.out}/results.json, results.md, episodes.json, regret_over_time.png")
     return 0

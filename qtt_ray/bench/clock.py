@@ -6,8 +6,9 @@ is picked up again (continuing the trial trained just before costs nothing extra
 memory). The searcher's own thinking (measured wall time of constructing it and of every
 ask and tell) is added too, unless switched off, and is reported separately.
 
-An epoch beyond what was recorded for a run (some Meta-Album curves stop early) is told as NaN
-at no cost: in the recording that run ended there, so the searcher learns the trial is over.
+An epoch beyond what was recorded for a run (some Meta-Album curves stop early) ends the trial
+at no cost (``end``: no score is told, since a recording that stops says nothing bad about the
+configuration; before session 7 it was told as a NaN, i.e. a diverged epoch).
 """
 
 from __future__ import annotations
@@ -71,44 +72,52 @@ def replay(
     pending_decision = setup_s
     previous_trial: int | None = None
     limit = sum(max(r.epochs, 1) + 1 for r in pool) + 10
-    for _ in range(limit):
-        if clock >= horizon_s:
-            break
-        started = time.perf_counter()
-        decision = optimizer.ask(remaining_s=horizon_s - clock)
-        ask_s = time.perf_counter() - started
-        clock += ask_s if rules.count_decision_time else 0.0
-        if decision is None:
-            trace.decision_s.append(pending_decision + ask_s)
+    try:
+        for _ in range(limit):
+            if clock >= horizon_s:
+                break
+            started = time.perf_counter()
+            decision = optimizer.ask(remaining_s=horizon_s - clock)
+            ask_s = time.perf_counter() - started
+            clock += ask_s if rules.count_decision_time else 0.0
+            if decision is None:
+                trace.decision_s.append(pending_decision + ask_s)
+                trace.decision_at.append(clock)
+                break
+            if not 0 <= decision.trial_id < len(pool):
+                raise BenchError(f"searcher asked for trial {decision.trial_id} outside the pool")
+            run = pool[decision.trial_id]
+            score, cost = _epoch(run, decision.epoch)
+            if decision.epoch <= run.epochs:
+                if decision.is_new:
+                    cost += rules.start_overhead_s
+                elif decision.trial_id != previous_trial:
+                    cost += rules.resume_overhead_s
+                previous_trial = decision.trial_id
+            clock += cost
+            trace.times.append(clock)
+            trace.scores.append(score)
+            trace.trials.append(decision.trial_id)
+            trace.epochs.append(decision.epoch)
+            started = time.perf_counter()
+            if decision.epoch <= run.epochs:
+                optimizer.tell(decision.trial_id, decision.epoch, score, cost)
+            else:  # the recording stops before this epoch: no evidence about the configuration
+                optimizer.end(decision.trial_id)
+            tell_s = time.perf_counter() - started
+            clock += tell_s if rules.count_decision_time else 0.0
+            trace.decision_s.append(pending_decision + ask_s + tell_s)
             trace.decision_at.append(clock)
-            break
-        if not 0 <= decision.trial_id < len(pool):
-            raise BenchError(f"searcher asked for trial {decision.trial_id} outside the pool")
-        run = pool[decision.trial_id]
-        score, cost = _epoch(run, decision.epoch)
-        if decision.epoch <= run.epochs:
-            if decision.is_new:
-                cost += rules.start_overhead_s
-            elif decision.trial_id != previous_trial:
-                cost += rules.resume_overhead_s
-            previous_trial = decision.trial_id
-        clock += cost
-        trace.times.append(clock)
-        trace.scores.append(score)
-        trace.trials.append(decision.trial_id)
-        trace.epochs.append(decision.epoch)
-        started = time.perf_counter()
-        optimizer.tell(decision.trial_id, decision.epoch, score, cost)
-        tell_s = time.perf_counter() - started
-        clock += tell_s if rules.count_decision_time else 0.0
-        trace.decision_s.append(pending_decision + ask_s + tell_s)
-        trace.decision_at.append(clock)
-        pending_decision = 0.0
-    else:
-        raise BenchError(
-            f"searcher {type(optimizer).__name__} made more decisions than the pool has epochs; "
-            "it keeps asking for trials that cannot advance"
-        )
+            pending_decision = 0.0
+        else:
+            raise BenchError(
+                f"searcher {type(optimizer).__name__} made more decisions than the pool has "
+                "epochs; it keeps asking for trials that cannot advance"
+            )
+    finally:  # a policy's background adaptation must not overlap the next replay's
+        close = getattr(optimizer, "close", None)
+        if callable(close):
+            close()
     trace.end_s = clock
     return trace
 

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from qtt_ray.bench import BenchError
 
 
 def add_parser(commands: Any) -> None:
@@ -34,6 +37,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.budget) or args.budget <= 0:
+        raise BenchError(f"--budget {args.budget:g} must be a positive number of seconds")
     rows = [measure(args, searcher) for searcher in args.searchers]
     print(markdown(rows))
     if args.out:
@@ -49,7 +54,10 @@ def measure(args: argparse.Namespace, searcher: str) -> dict[str, Any]:
             "--budget", str(args.budget), "--searcher", searcher, "--seed", str(args.seed),
             "--output", out, "--mlflow-uri", "none", "--quiet",
         ]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        done = subprocess.run(command, stdout=subprocess.DEVNULL)
+        if done.returncode != 0:
+            raise BenchError(f"the tuning run with --searcher {searcher} failed (exit "
+                             f"{done.returncode}); its error is printed above")
         results = json.loads((Path(out) / "results.json").read_text())
     extra = results.get("extra", {})
     epochs = sum(int(t["epochs"]) for t in results["trials"])

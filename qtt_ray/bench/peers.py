@@ -73,6 +73,10 @@ class PoolOptimizer(ABC):
     def release(self, trial_id: int) -> None:
         self.running.discard(trial_id)
 
+    def end(self, trial_id: int) -> None:
+        self.running.discard(trial_id)
+        self.stopped.add(trial_id)
+
     def incumbent(self) -> Incumbent | None:
         return best_observed(self.curves, self.configs)
 

@@ -134,6 +134,10 @@ class QuickTuneToolOptimizer:
         """Single worker: nothing is handed out without being told."""
         return None
 
+    def end(self, trial_id: int) -> None:
+        """quicktunetool has no such call: it is told NaN at no cost (its way to stop a trial)."""
+        self.tell(trial_id, len(self.curves[trial_id]) + 1, math.nan, 0.0)
+
     def incumbent(self) -> Incumbent | None:
         return best_observed(self.curves, self.configs)
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.seeding import seeded
 from qtt_ray.core.threads import torch_threads
 from qtt_ray.space import Config
 
@@ -79,8 +80,7 @@ class CostPredictor:
         self.log_mean = float(log_mean)
         self.log_std = float(log_std)
         self.arch = arch or CostArchitecture()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.network = CostNetwork(spec, self.arch).to(DTYPE)
         last = self.network.net[-1]
         assert isinstance(last, nn.Linear)

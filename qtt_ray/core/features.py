@@ -126,12 +126,20 @@ class FeatureSpec:
         curve_mask: np.ndarray,
         fidelity: np.ndarray,
     ) -> np.ndarray:
-        """Concatenate the encoded parts into the model's input rows."""
+        """Concatenate the encoded parts into the model's input rows; a part of the wrong
+        width is an error here, not a silently shifted column downstream."""
         n = config_rows.shape[0]
         meta_rows = np.broadcast_to(meta_rows, (n, self.meta_width))
-        return np.concatenate(
+        rows = np.concatenate(
             [config_rows, meta_rows, curve_values, curve_mask, fidelity.reshape(n, 1)], axis=1
         )
+        if rows.shape[1] != self.input_width:
+            raise PredictorError(
+                f"model inputs of width {rows.shape[1]}, expected {self.input_width} "
+                f"(configuration {config_rows.shape[1]}/{self.config_width}, curve "
+                f"{curve_values.shape[1]}+{curve_mask.shape[1]}/{2 * self.max_epochs})"
+            )
+        return rows
 
     def inputs(
         self,

@@ -39,6 +39,7 @@ from torch import nn
 
 from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
+from qtt_ray.core.seeding import seeded
 from qtt_ray.core.threads import torch_threads
 from qtt_ray.space import Config
 
@@ -243,8 +244,7 @@ class PerformancePredictor:
     ) -> None:
         self.spec = spec
         self.arch = arch or PerformanceArchitecture()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
+        with seeded(seed):
             likelihood = gpytorch.likelihoods.GaussianLikelihood(
                 noise_constraint=gpytorch.constraints.GreaterThan(1e-4)
             )
@@ -355,10 +355,9 @@ class PerformancePredictor:
         if max_steps <= 0 or len(y) < 2:
             return 0
         optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
-        start = time.perf_counter()
         steps = 0
-        with torch.random.fork_rng(), torch_threads(1):
-            torch.manual_seed(seed)
+        with seeded(seed), torch_threads(1):
+            start = time.perf_counter()  # the limit counts from here, not from lock waiting
             for steps in range(1, max_steps + 1):  # noqa: B007 - the count is the result
                 optimizer.zero_grad()
                 loss = self.batch_loss(x, y)

@@ -70,8 +70,10 @@ observations), so there is no generator state to save.
 
 A trial stops at ``max_epochs``, at ``score_threshold``, when its best score has not improved
 by more than ``tolerance`` for ``patience`` epochs, or on a diverged (NaN) epoch, which counts
-as ``BAD_SCORE``. ``ask`` returns None only when no trial can be trained any more (all stopped,
-at max fidelity, or running) -- never because each configuration was tried once.
+as ``BAD_SCORE``; ``end`` stops one with no observation (in the replay, a recorded curve that
+stops early says nothing bad about its configuration). ``ask`` returns None only when no trial
+can be trained any more (all stopped, at max fidelity, or running) -- never because each
+configuration was tried once.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ STATE_FORMAT = "qtt-ray/quicktune-policy/1"
 ACQUISITIONS = ("next-epoch", "lookahead")
 QUALITY_RANKINGS = ("prior", "forest", "blend")  # see ranked_quality
 BACKGROUND_NICE = 10
+ENDED = "ended"  # stop reason of a trial stopped by ``end`` (its recording stops there)
 
 
 class QuickTunePolicy:
@@ -316,6 +319,11 @@ class QuickTunePolicy:
     def release(self, trial_id: int) -> None:
         self._running.pop(self._check_trial(trial_id), None)
 
+    def end(self, trial_id: int) -> None:
+        trial = self._check_trial(trial_id)
+        self._running.pop(trial, None)
+        self._stopped[trial] = ENDED  # no observation: the GP's task data is left as it was
+
     def incumbent(self) -> Incumbent | None:
         best: tuple[float, int, int] | None = None
         for trial, epoch in self._log:
@@ -485,6 +493,7 @@ class QuickTunePolicy:
             "scores": [plain(s) for s in self._scores],
             "costs": [plain(c) for c in self._costs],
             "running": [[trial, epoch] for trial, epoch in sorted(self._running.items())],
+            "ended": [t for t, reason in enumerate(self._stopped) if reason == ENDED],
             "adapted_at": self._adapted_at,
             "adapt_steps_done": self._adapt_steps_done,
         }
@@ -508,6 +517,8 @@ class QuickTunePolicy:
         for trial, epoch in state["log"]:
             self._record(int(trial), scores[trial][epoch - 1], costs[trial][epoch - 1])
         self._running = {int(t): int(e) for t, e in state["running"]}
+        for trial in state.get("ended", []):
+            self.end(int(trial))
         self._adapted_at = int(state["adapted_at"])
         self._adapt_steps_done = int(state["adapt_steps_done"])
         if self._adapted_at > 0 and self._adapt_steps_done > 0:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from qtt_ray.core.cost import CostArchitecture, CostPredictor
@@ -141,7 +142,7 @@ class Predictors:
                 raise PredictorError(f"{path} not found; the artefact is incomplete, re-save it")
             try:
                 predictor.load_state_dict(load_file(str(path)))
-            except (RuntimeError, OSError, ValueError) as err:
+            except (RuntimeError, OSError, ValueError, SafetensorError) as err:
                 raise PredictorError(
                     f"{path} does not match {SPEC_FILE} ({_first_line(err)}); re-save the "
                     "predictors"
@@ -153,7 +154,7 @@ class Predictors:
                 raise PredictorError(f"{path} not found; the artefact is incomplete, re-save it")
             try:
                 forest = ZeroShotForest.from_state_dict(load_file(str(path)))
-            except (RuntimeError, OSError, ValueError) as err:
+            except (RuntimeError, OSError, ValueError, SafetensorError) as err:
                 raise PredictorError(
                     f"{path} is unreadable ({_first_line(err)}); re-save the predictors"
                 ) from err

@@ -56,6 +56,12 @@ class Optimizer(Protocol):
         """Give back a decision that was not carried out (the worker died before training)."""
         ...
 
+    def end(self, trial_id: int) -> None:
+        """The trial handed out cannot go on and its epoch gave no score, through no fault of
+        the configuration (a recorded curve that stops there in the replay): stop it without
+        an observation. A diverged epoch is ``tell`` with NaN instead: that one is evidence."""
+        ...
+
     def incumbent(self) -> Incumbent | None: ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 LOGGER = logging.getLogger("qtt_ray.data")
+LOGGER.addHandler(logging.NullHandler())  # no bare last-resort copy: the CLI prints the list
 
 
 def printable(text: object) -> str:

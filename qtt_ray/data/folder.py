@@ -87,8 +87,9 @@ def _require_dir(path: Path, what: str) -> None:
             f"{what} {path} is a broken or looping symbolic link: point it at a real folder"
         )
     if not path.is_dir():
+        problem = "is a file, not a folder" if path.exists() else "does not exist"
         raise DataError(
-            f"{what} {path} does not exist: a dataset folder holds images/<stem>.jpg|png and "
+            f"{what} {path} {problem}: a dataset folder holds images/<stem>.jpg|png and "
             "masks/<stem>.png (or use 'demo')"
         )
 

@@ -400,7 +400,7 @@ def collect(
         return summary
 
     if not ray.is_initialized():
-        ray.init(logging_level="ERROR")
+        ray.init(include_dashboard=False, logging_level="ERROR")
     resources = trial_resources(ray_nodes(), gpus_per_trial, cpus_per_trial).request
     trainable = tune.with_resources(
         tune.with_parameters(_collect_trainable(), settings_by_dataset=run_settings,

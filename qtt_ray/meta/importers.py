@@ -80,6 +80,11 @@ def import_qttseg_csv(path: str | Path) -> MetaDataset:
     runs: list[Run] = []
     meta_features: dict[str, dict[str, float]] = {}
     for i, row in enumerate(rows):
+        if None in row or None in row.values():  # csv's markers of too many / too few fields
+            raise MetaSchemaError(
+                f"{path}: row {i + 2} has more or fewer fields than the header; the file is cut "
+                "off or malformed, restore it"
+            )
         dataset = row["dataset"]
         try:
             config = _sam2_config(row)
@@ -93,6 +98,11 @@ def import_qttseg_csv(path: str | Path) -> MetaDataset:
             }
             scores = np.array([_number(row[f"epoch_{e}_iou"]) for e in range(QTTSEG_EPOCHS)])
             total = float(row["cost"])
+            if not math.isfinite(total) or total <= 0:
+                raise ValueError(f"cost {row['cost']!r} is not a positive number of seconds")
+            outside = scores[np.isfinite(scores) & ((scores < 0) | (scores > 1))]
+            if len(outside):
+                raise ValueError(f"IoU {outside[0]} is outside 0..1")
         except (SpaceError, ValueError) as err:
             raise MetaSchemaError(f"{path}: row {i + 2}: {err}; fix the row") from err
         if meta_features.setdefault(dataset, features) != features:
@@ -157,11 +167,11 @@ def import_metaalbum(directory: str | Path) -> MetaDataset:
                 f"{directory}: missing {name}; pass the quicktune_metaalbum_extended folder"
             )
     table = _read_args_table(files["args_table.csv"])
-    config_json = json.loads(files["mtlbm_searchspace_config.json"].read_text())
+    config_json = _read_json(files["mtlbm_searchspace_config.json"])
     space, raw_configs = _metaalbum_space(table, config_json)
-    curves = json.loads(files["curves_eval_top1.json"].read_text())
-    times = json.loads(files["curves_time.json"].read_text())
-    descriptors = json.loads(files["meta_features_descriptors.json"].read_text())
+    curves = _read_json(files["curves_eval_top1.json"])
+    times = _read_json(files["curves_time.json"])
+    descriptors = _read_json(files["meta_features_descriptors.json"])
 
     runs: list[Run] = []
     meta_features: dict[str, dict[str, float]] = {}
@@ -189,6 +199,11 @@ def import_metaalbum(directory: str | Path) -> MetaDataset:
             percent = np.asarray(accuracy, dtype=np.float64)[:METAALBUM_EPOCHS]
             scores = np.clip(percent / 100.0, 0.0, 1.0)  # one curve reads 100.0000004 %
             costs = np.asarray(times[dataset][run_id], dtype=np.float64)[:METAALBUM_EPOCHS]
+            if len(costs) != len(scores) or not np.all(np.isfinite(costs) & (costs >= 0)):
+                raise MetaSchemaError(
+                    f"{files['curves_time.json']}: run {run_id} of {dataset} needs one finite "
+                    f"number of seconds >= 0 per epoch of its accuracy curve; restore the file"
+                )
             provenance = {
                 "model": f"timm:{config['model']}",
                 "hardware": "not recorded",
@@ -203,8 +218,25 @@ def import_metaalbum(directory: str | Path) -> MetaDataset:
 def _read_args_table(path: Path) -> dict[str, dict[str, str]]:
     with open(path, newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader)
-        return {row[0]: dict(zip(header[1:], row[1:], strict=True)) for row in reader}
+        header = next(reader, None)
+        if not header:
+            raise MetaSchemaError(f"{path}: empty; restore the Meta-Album args table")
+        table = {}
+        for row in reader:
+            if len(row) != len(header):
+                raise MetaSchemaError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                    f"{len(header)}; the file is cut off or malformed, restore it"
+                )
+            table[row[0]] = dict(zip(header[1:], row[1:], strict=True))
+        return table
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MetaSchemaError(f"{path}: not valid JSON ({err}); restore the file") from err
 
 
 def _metaalbum_space(

@@ -303,7 +303,12 @@ def load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors have many types
-        raise ModelError(f"checkpoint {path}: not a readable torch checkpoint ({err})") from err
+        lines = str(err).strip().splitlines()
+        detail = lines[0].split(". ")[0][:160] if lines else type(err).__name__
+        raise ModelError(
+            f"checkpoint {path}: not a readable torch checkpoint ({detail}); pass an official "
+            "SAM2.1 .pt file (a dict with a 'model' state dict), re-download it if it was cut off"
+        ) from err
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise ModelError(f"checkpoint {path}: expected a dict with a 'model' state dict")
     try:

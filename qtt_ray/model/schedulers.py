@@ -5,7 +5,8 @@ trial actually gets, so pausing and resuming (freeze-thaw) never changes a trial
 
 per batch (over MAX_EPOCHS x steps_per_epoch batches):
 - cosine:      CosineAnnealingLR(T_max = total batches), down to 0
-- onecycle:    OneCycleLR(max_lr = lr, total batches, pct_start, div_factor, final_div_factor)
+- onecycle:    OneCycleLR(max_lr = lr, total batches, pct_start, div_factor, final_div_factor);
+               pct_start at least 1.5 / total batches (see ``warmup_share``)
 per epoch (epochs count, MAX_EPOCHS total):
 - plateau:     ReduceLROnPlateau(mode min, factor = decay_rate, patience = patience_epochs),
                stepped with each epoch's validation loss
@@ -82,7 +83,7 @@ def _make(
             optimizer,
             max_lr=float(config["lr"]),
             total_steps=total_steps,
-            pct_start=float(config["onecycle_pct_start"]),
+            pct_start=warmup_share(float(config["onecycle_pct_start"]), total_steps),
             div_factor=float(config["onecycle_div_factor"]),
             final_div_factor=float(config["onecycle_final_div_factor"]),
         )
@@ -104,3 +105,11 @@ def _make(
             optimizer, total_iters=epochs, power=float(config["poly_power"])
         )
     raise ValueError(f"unknown LR scheduler {name!r}; expected one of the six of SAM2_SPACE")
+
+
+def warmup_share(pct_start: float, total_steps: int) -> float:
+    """OneCycleLR's warm-up ends at step ``pct_start * total_steps - 1`` and divides by that
+    length: exactly 0 (one batch per epoch with pct_start 0.1, two with 0.05 -- tiny datasets)
+    is a ZeroDivisionError inside torch. Widen the warm-up to 1.5 steps then; larger runs keep
+    the configured share."""
+    return max(pct_start, 1.5 / total_steps) if total_steps > 1 else pct_start

@@ -104,6 +104,9 @@ class FreezeThawController:
     def is_in_flight(self, ray_trial_id: str) -> bool:
         return ray_trial_id in self._in_flight
 
+    def in_flight_ids(self) -> list[str]:
+        return list(self._in_flight)
+
     def nothing_live(self) -> bool:
         return not self._in_flight and not self.paused_ids()
 

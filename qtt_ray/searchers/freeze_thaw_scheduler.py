@@ -66,12 +66,29 @@ class FreezeThawScheduler(TrialScheduler):
         if self.controller.exhausted:
             self._stop_paused(tune_controller)
             return None
+        overruled = self._paused_in_flight()
+        if overruled is not None:
+            return overruled
         ray_id = self.controller.start_resume(self._is_paused)
         if ray_id is None:
             if self.controller.exhausted:
                 self._stop_paused(tune_controller)
             return None
         return self._trials[ray_id]
+
+    def _paused_in_flight(self) -> Trial | None:
+        """A trial told to CONTINUE that Tune paused anyway: run it again, its decision stands.
+
+        Tune queues one decision per trial and a PAUSE already queued wins over a later
+        CONTINUE (``TuneController._queue_decision``). Seen after ``--resume`` of a run
+        interrupted between a result and its pause checkpoint (Ray 2.60): the trial's catch-up
+        epoch was answered CONTINUE (see ``FreezeThawController.on_result``), Tune executed a
+        queued PAUSE after the save, and the controller still counted the decision as in
+        flight: nobody would ever resume the trial, and Tune spun forever with the slot taken."""
+        for ray_id in self.controller.in_flight_ids():
+            if self._is_paused(ray_id):
+                return self._trials[ray_id]
+        return None
 
     def _is_paused(self, ray_trial_id: str) -> bool:
         trial = self._trials.get(ray_trial_id)
