@@ -161,3 +161,30 @@ def test_a_trial_behind_its_decision_catches_up_untold() -> None:
     assert ctl.on_result("a", {**result(0.2), "training_iteration": 2}) == "continue"
     assert ctl.policy.curves[decision.trial_id] == []
     assert ctl.is_in_flight("a")
+
+
+def test_a_trial_tune_pauses_against_a_continue_is_run_again() -> None:
+    """Tune may execute a PAUSE it had queued although the controller answered CONTINUE (seen
+    after --resume): the scheduler hands that trial out again instead of waiting forever."""
+    from ray.tune.experiment import Trial
+
+    from qtt_ray.searchers.freeze_thaw_scheduler import FreezeThawScheduler
+
+    class Live:  # the one thing the scheduler asks the TuneController
+        def __init__(self, trials: list[Trial]) -> None:
+            self.trials = trials
+
+        def get_live_trials(self) -> list[Trial]:
+            return self.trials
+
+    ctl = controller(slots=1)
+    scheduler = FreezeThawScheduler(ctl)
+    trial = Trial("__fake", trial_id="a", stub=True)
+    decision = ctl.start_new("a")
+    scheduler.on_trial_add(None, trial)
+    ctl._in_flight["a"] = type(decision)(decision.trial_id, decision.config, 3, False)
+    assert scheduler.on_trial_result(None, trial, {**result(0.2), "training_iteration": 2}) == (
+        "CONTINUE")
+    trial.set_status(Trial.PAUSED)  # Tune's queued PAUSE wins
+    assert ctl.is_in_flight("a") and not ctl.is_paused("a")
+    assert scheduler.choose_trial_to_run(Live([trial])) is trial
