@@ -107,6 +107,30 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(replay_inputs, tm
     assert set(children) <= {"KILLED", "FINISHED"}
 
 
+@pytest.mark.slow
+def test_resume_after_ctrl_c_at_six_epochs_finishes(replay_inputs, tmp_path) -> None:
+    """Ctrl-C after 6 epochs lands between a result and its pause checkpoint: on resume Tune
+    paused the catch-up trial although the controller answered CONTINUE, and the resumed run
+    spun forever (e14e05f, twice). It must finish now. (Its curves may still differ from an
+    uninterrupted run's: the re-decided epoch sees a newer adaptation; see the session-7 note.)
+    """
+    output = tmp_path / "interrupted"
+    proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = EPOCHS.search(line)
+        if match and int(match.group(1)) >= 6:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_results(output / "results.json").extra["interruptions"] == 1
+
+
 def test_resume_refuses_another_dataset_or_model(replay_inputs, tmp_path, capsys) -> None:
     from qtt_ray import tune
 
