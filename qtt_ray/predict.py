@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
+from qtt_ray.cli import one_line, run_cli
 from qtt_ray.data import Example, Sample, make_example
 from qtt_ray.data.errors import printable
 from qtt_ray.data.example import preprocess_image, resize_mask
@@ -218,11 +219,11 @@ def predict_folder(
         loaded = load_adapter(adapter_dir, device)
     except SafetensorError as error:  # truncated or overwritten weights file
         raise PredictError(
-            f"{adapter_dir / WEIGHTS}: unreadable ({str(error).strip().splitlines()[0][:160]}); "
+            f"{adapter_dir / WEIGHTS}: unreadable ({one_line(error)[:160]}); "
             "the file is damaged, copy it again from the run folder or re-run tuning"
         ) from error
     except RuntimeError as error:  # a tensor of the wrong shape: another rank or base model
-        detail = str(error).strip().splitlines()[0][:160]
+        detail = one_line(error)[:160]
         raise PredictError(
             f"{adapter_dir}: the tuned weights do not fit the model its adapter.json describes "
             f"({detail}); was the folder edited or mixed with another run's files?"
@@ -336,8 +337,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from qtt_ray.cli import run_cli
-
     args = build_parser().parse_args(argv)
 
     def body() -> int:

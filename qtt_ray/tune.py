@@ -31,7 +31,7 @@ from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from qtt_ray.cli import CliError, run_cli  # noqa: E402
+from qtt_ray.cli import CliError, one_line, run_cli  # noqa: E402
 from qtt_ray.results import (  # noqa: E402
     ADAPTER_DIR,
     EXTRA_ADAPTER,
@@ -297,7 +297,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
                 AttributeError) as err:
             raise CliError(
                 f"--resume {args.resume}: {RUN_FILE} is unreadable or incomplete "
-                f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''}); "
+                f"({type(err).__name__}: {one_line(err)[:120]}); "
                 "it was edited or cut off, start a new run with --output"
             ) from err
         if "://" not in storage and not (Path(storage) / experiment).is_dir():

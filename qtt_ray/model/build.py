@@ -26,6 +26,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from qtt_ray.cli import one_line
+
 LOG = logging.getLogger(__name__)
 
 TINY_CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
@@ -303,8 +305,7 @@ def load_checkpoint(model: nn.Module, path: Path, name: str) -> None:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors have many types
-        lines = str(err).strip().splitlines()
-        detail = lines[0].split(". ")[0][:160] if lines else type(err).__name__
+        detail = one_line(err).split(". ")[0][:160]  # not torch's "set weights_only=False"
         raise ModelError(
             f"checkpoint {path}: not a readable torch checkpoint ({detail}); pass an official "
             "SAM2.1 .pt file (a dict with a 'model' state dict), re-download it if it was cut off"
