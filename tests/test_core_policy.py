@@ -250,6 +250,78 @@ def test_state_round_trip_with_meta_trained_predictors_restores_the_adaptation()
         restored.tell(a.trial_id, a.epoch, sam2_score(a.config, a.epoch), 5.0)
 
 
+def recorded_ask(p: QuickTunePolicy) -> tuple[object, np.ndarray]:
+    """One ``ask`` and the posterior means it decided with."""
+    means: list[np.ndarray] = []
+    predict = p._performance.predict_inputs
+
+    def recording(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean, var = predict(x)
+        means.append(mean)
+        return mean, var
+
+    p._performance.predict_inputs = recording  # type: ignore[method-assign]
+    try:
+        decision = p.ask()
+    finally:
+        del p._performance.predict_inputs
+    return decision, means[0]
+
+
+def test_a_decision_given_back_after_a_restore_is_made_again_with_the_same_model() -> None:
+    """The Tuner.restore case: the snapshot holds a decision and the background adaptation
+    started after it; the decision goes back and is made again with the model it was made
+    with, and the pending adaptation is installed one decision later, as in the original."""
+    original = trained_policy(background_adapt=True)
+    tell_steps(original, 5)
+    out, means = recorded_ask(original)
+    state = json.loads(json.dumps(original.state_dict()))
+    assert state["pending_adaptation"]["observations"] == 5
+    given_back, kept = trained_policy(background_adapt=True), trained_policy(background_adapt=True)
+    given_back.load_state_dict(state)
+    given_back.release(out.trial_id)
+    again, means_again = recorded_ask(given_back)
+    assert again == out
+    assert np.array_equal(means_again, means)
+    kept.load_state_dict(state)  # a plain copy (Tune pickling the searcher): nothing given back
+    assert kept.running() == original.running()
+    for p in (original, given_back, kept):
+        p.tell(out.trial_id, out.epoch, sam2_score(out.config, out.epoch), 5.0)
+    for _ in range(3):
+        (a, mean_a), (b, mean_b), (c, mean_c) = map(recorded_ask, (original, given_back, kept))
+        assert a == b == c and a is not None
+        assert np.array_equal(mean_a, mean_b) and np.array_equal(mean_a, mean_c)
+        for p in (original, given_back, kept):
+            p.tell(a.trial_id, a.epoch, sam2_score(a.config, a.epoch), 5.0)
+    for p in (original, given_back, kept):
+        p.close()
+
+
+def test_release_undoes_a_decision_and_the_adaptation_started_after_it() -> None:
+    """Two workers: a decision given back after more observations arrived leaves the policy
+    deciding exactly as one that never made it."""
+    with_undo = trained_policy(background_adapt=True)
+    without = trained_policy(background_adapt=True)
+    for p in (with_undo, without):
+        tell_steps(p, 4)
+    first, second = with_undo.ask(), with_undo.ask()
+    assert (first, second) == (without.ask(), without.ask())
+    for p in (with_undo, without):
+        p.tell(first.trial_id, first.epoch, sam2_score(first.config, first.epoch), 5.0)
+    undone = with_undo.ask()  # starts an adaptation on 5 observations
+    with_undo.release(undone.trial_id)
+    for p in (with_undo, without):
+        p.tell(second.trial_id, second.epoch, sam2_score(second.config, second.epoch), 5.0)
+    for _ in range(3):
+        (a, mean_a), (b, mean_b) = recorded_ask(with_undo), recorded_ask(without)
+        assert a == b and a is not None
+        assert np.array_equal(mean_a, mean_b)
+        for p in (with_undo, without):
+            p.tell(a.trial_id, a.epoch, sam2_score(a.config, a.epoch), 5.0)
+    for p in (with_undo, without):
+        p.close()
+
+
 def test_ei_compares_each_candidate_with_y_star_at_its_own_next_epoch(monkeypatch) -> None:
     import qtt_ray.core.policy as policy_module
 

@@ -51,6 +51,16 @@ def curves(output: Path) -> dict[str, list[float]]:
     return {config_key(t.config): [round(v, 9) for v in t.iou] for t in results.trials}
 
 
+@pytest.fixture(scope="module")
+def reference_curves(replay_inputs, tmp_path_factory) -> dict[str, list[float]]:
+    """The curves of the same run, uninterrupted."""
+    reference = tmp_path_factory.mktemp("reference") / "run"
+    done = subprocess.run([*PROG, *replay_args(replay_inputs, reference, 0.0), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return curves(reference)
+
+
 def mlflow_statuses(output: Path) -> tuple[list[str], list[str]]:
     """(statuses of parent runs, statuses of trial runs)."""
     client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")
@@ -61,12 +71,9 @@ def mlflow_statuses(output: Path) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(replay_inputs, tmp_path) -> None:
-    reference = tmp_path / "reference"
-    done = subprocess.run([*PROG, *replay_args(replay_inputs, reference, 0.0), "--quiet"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-
+def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
+    replay_inputs, reference_curves, tmp_path
+) -> None:
     output = tmp_path / "interrupted"
     proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -98,7 +105,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(replay_inputs, tm
     resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert curves(output) == curves(reference)  # same epochs, nothing lost or re-counted
+    assert curves(output) == reference_curves  # same epochs, nothing lost or re-counted
     results = read_results(output / "results.json")
     assert results.extra["interruptions"] == 1
     parents, children = mlflow_statuses(output)
@@ -108,12 +115,13 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(replay_inputs, tm
 
 
 @pytest.mark.slow
-def test_resume_after_ctrl_c_at_six_epochs_finishes(replay_inputs, tmp_path) -> None:
-    """Ctrl-C after 6 epochs lands between a result and its pause checkpoint: on resume Tune
+def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
+    replay_inputs, reference_curves, tmp_path
+) -> None:
+    """Ctrl-C after 6 epochs lands between a result and its pause checkpoint. On resume Tune
     paused the catch-up trial although the controller answered CONTINUE, and the resumed run
-    spun forever (e14e05f, twice). It must finish now. (Its curves may still differ from an
-    uninterrupted run's: the re-decided epoch sees a newer adaptation; see the session-7 note.)
-    """
+    spun forever (e14e05f, twice). Then it finished but trained other epochs (3fc6b71): the
+    given-back decision was re-made with the adaptation started after it."""
     output = tmp_path / "interrupted"
     proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -129,6 +137,7 @@ def test_resume_after_ctrl_c_at_six_epochs_finishes(replay_inputs, tmp_path) -> 
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_results(output / "results.json").extra["interruptions"] == 1
+    assert curves(output) == reference_curves
 
 
 def test_resume_refuses_another_dataset_or_model(replay_inputs, tmp_path, capsys) -> None:

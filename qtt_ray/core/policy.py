@@ -63,10 +63,14 @@ told since: the network lags one observation behind the GP, and a decision costs
 conditioning and the prediction (measured on the micro-SAM2 CPU run: the median decision went
 from ~140 ms to ~30 ms). Decisions stay a function of the observations: ``ask`` always waits for
 the one adaptation it uses. Each adaptation is therefore a function of (meta weights, observations,
-seed, step count) alone: ``state_dict`` records the observations in tell order and how many
-steps the last adaptation took, and ``load_state_dict`` replays exactly that adaptation (no
-weights in the state, and the same next decision). All randomness derives from (seed, number of
-observations), so there is no generator state to save.
+seed, step count) alone: ``state_dict`` records the observations in tell order and, for the
+adaptation in use and the pending one, how many observations and steps each took;
+``load_state_dict`` replays both (no weights in the state, and the same next decisions). All
+randomness derives from (seed, number of observations), so there is no generator state to save.
+``release`` gives a decision back as if it had never been made: the adaptation started after
+it is not installed at the next ``ask`` (a ``Tuner.restore`` re-makes the given-back decision,
+and must make it with the model the original used; session 8 fixed a resume that trained
+other epochs than the uninterrupted run because of this).
 
 A trial stops at ``max_epochs``, at ``score_threshold``, when its best score has not improved
 by more than ``tolerance`` for ``patience`` epochs, or on a diverged (NaN) epoch, which counts
@@ -187,6 +191,9 @@ class QuickTunePolicy:
         self._adapter: Any = None  # the network copy the background adaptation trains
         self._executor: ThreadPoolExecutor | None = None
         self._job: Future[tuple[int, int, dict[str, Any]]] | None = None
+        self._job_n = 0  # the number of observations the pending adaptation trains on
+        self._job_by: tuple[int, int] | None = None  # the decision it was started after
+        self._job_deferred = False  # that decision was given back: skip it at the next ask
         self._cost = predictors.cost
         self._pool_x = spec.encode_configs(self.pool)
         self._meta_row = spec.encode_meta(self.meta_features)
@@ -280,7 +287,7 @@ class QuickTunePolicy:
         chosen = self._exploit_near_deadline(chosen, idx, epoch_s, remaining_s)
         epoch = len(self._scores[chosen]) + 1
         self._running[chosen] = epoch
-        self._start_background_adaptation()
+        self._start_background_adaptation((chosen, epoch))
         return Decision(chosen, dict(self.pool[chosen]), epoch, epoch == 1)
 
     def _exploit_near_deadline(
@@ -317,7 +324,13 @@ class QuickTunePolicy:
         self._record(trial, float(score), float(cost_s))
 
     def release(self, trial_id: int) -> None:
-        self._running.pop(self._check_trial(trial_id), None)
+        """Give a decision back, as if it had never been made: when the adaptation started
+        after it is still pending, the next ``ask`` decides with the model it was made with
+        (after a ``Tuner.restore`` the same decision is made again)."""
+        trial = self._check_trial(trial_id)
+        epoch = self._running.pop(trial, None)
+        if self._job is not None and self._job_by == (trial, epoch):
+            self._job_deferred = True
 
     def end(self, trial_id: int) -> None:
         trial = self._check_trial(trial_id)
@@ -399,7 +412,14 @@ class QuickTunePolicy:
 
     def _refresh_model(self) -> None:
         n = self.n_observations
-        if self.background_adapt:
+        if self._job_deferred:
+            # the decision this adaptation followed was given back: decide with the model it
+            # was made with; the adaptation stays pending only if it is the one this ask
+            # would start (same observations), else it goes and a fresh one follows
+            self._job_deferred = False
+            if self._job_n != n:
+                self._discard_job()
+        elif self.background_adapt:
             if self._install_adaptation():
                 self._conditioned_at = -1
         elif self._adaptation_due(n):
@@ -426,11 +446,19 @@ class QuickTunePolicy:
             return self.adapt_time_s
         return min(self.adapt_time_s, self.adapt_share * float(np.median(costs)))
 
-    def _start_background_adaptation(self) -> None:
+    def _start_background_adaptation(self, decision: tuple[int, int]) -> None:
         """After a decision: fine-tune on every observation so far while the trial trains."""
-        n = self.n_observations
-        if not self.background_adapt or self._job is not None or not self._adaptation_due(n):
+        if self._job is not None:  # kept through a given-back decision: it follows this one
+            self._job_by = decision
             return
+        n = self.n_observations
+        if not self.background_adapt or not self._adaptation_due(n):
+            return
+        self._submit_adaptation(n, self.adapt_steps, self._adapt_seconds(), decision)
+
+    def _submit_adaptation(
+        self, n: int, steps: int, seconds: float | None, decision: tuple[int, int] | None
+    ) -> None:
         context = self._task_context(n)  # built now: tell() may add observations meanwhile
         if context is None:
             return
@@ -438,8 +466,7 @@ class QuickTunePolicy:
             self._adapter = self._performance.copy()
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="qtt-adapt")
         assert self._executor is not None
-        adapter, weights = self._adapter, self._meta_weights
-        steps, seconds, seed = self.adapt_steps, self._adapt_seconds(), self.seed + n
+        adapter, weights, seed = self._adapter, self._meta_weights, self.seed + n
 
         def adapt() -> tuple[int, int, dict[str, Any]]:
             _yield_cpu()
@@ -448,6 +475,7 @@ class QuickTunePolicy:
             return n, done, adapter.state_dict()
 
         self._job = self._executor.submit(adapt)
+        self._job_n, self._job_by, self._job_deferred = n, decision, False
 
     def _install_adaptation(self) -> bool:
         """Wait for the background adaptation (if any) and use its weights; True if installed."""
@@ -464,6 +492,7 @@ class QuickTunePolicy:
         if job is not None:
             job.result()  # let it finish: its network copy is reused by the next one
             self._job = None
+        self._job_by, self._job_deferred = None, False
 
     def close(self) -> None:
         """Stop the background thread (also done when the policy is garbage-collected)."""
@@ -479,8 +508,9 @@ class QuickTunePolicy:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        if self._install_adaptation():  # the saved state names the adaptation now in use
-            self._conditioned_at = -1
+        """The observations, and the adaptation in use and the pending one as (observations,
+        steps) pairs: both are replayed on restore, so a copy decides as the original."""
+
         def plain(values: list[float]) -> list[float | None]:
             return [v if np.isfinite(v) else None for v in values]
 
@@ -496,6 +526,18 @@ class QuickTunePolicy:
             "ended": [t for t, reason in enumerate(self._stopped) if reason == ENDED],
             "adapted_at": self._adapted_at,
             "adapt_steps_done": self._adapt_steps_done,
+            "pending_adaptation": self._pending_state(),
+        }
+
+    def _pending_state(self) -> dict[str, Any] | None:
+        if self._job is None:
+            return None
+        n, steps, _ = self._job.result()  # waits; it stays pending (installed at the next ask)
+        return {
+            "observations": n,
+            "steps": steps,
+            "after": list(self._job_by) if self._job_by is not None else None,
+            "given_back": self._job_deferred,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -524,6 +566,14 @@ class QuickTunePolicy:
         if self._adapted_at > 0 and self._adapt_steps_done > 0:
             self._adapt_on(self._adapted_at, self._adapt_steps_done, None)
         self._conditioned_at = -1
+        pending = state.get("pending_adaptation")
+        if pending is not None:  # replayed in the background, as the original computed it
+            after = pending.get("after")
+            decision = (int(after[0]), int(after[1])) if after is not None else None
+            self._submit_adaptation(
+                int(pending["observations"]), int(pending["steps"]), None, decision
+            )
+            self._job_deferred = bool(pending.get("given_back", False))
 
 
 def ranked_quality(prior: np.ndarray, forest: np.ndarray, blend: bool) -> np.ndarray:
