@@ -129,7 +129,8 @@ class TrialRecorder(Callback):
                 trial.trial_id, int(result.get("training_iteration", 0)),
             ))
         for key, seconds in result.items():
-            if key.startswith("actor_") and key.endswith("_s") and isinstance(seconds, float):
+            if (key.startswith("actor_") and key.endswith("_s") and isinstance(seconds, float)
+                    and math.isfinite(seconds)):  # NaN: the actor did not do it since last step
                 self.actor_ops.setdefault(key[len("actor_"):-len("_s")], []).append(seconds)
         best = self.best_iou()
         if best is not None:

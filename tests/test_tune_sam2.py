@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import math
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +73,39 @@ def test_random_search_with_micro_sam2_on_a_real_dataset(shared_dir, tmp_path) -
                       "random", "--num-images", "12", "--output", str(output), "--quiet"])
     assert code == 0
     check_run(output, 20, "random")
+
+
+@pytest.mark.slow
+def test_ctrl_c_and_resume_with_micro_sam2(tmp_path) -> None:
+    """The real trainable through ``Tuner.restore``: paused trials continue from their
+    checkpoints, the run finishes, and every trial's progress.csv stays one table."""
+    predictors = untrained_predictors(SAM2_SPACE, list(META_FEATURE_NAMES)).save(
+        tmp_path / "predictors")
+    output = tmp_path / "run"
+    prog = [sys.executable, "-m", "qtt_ray.tune"]
+    proc = subprocess.Popen(
+        [*prog, "--model", "micro", "--budget", "40", "--searcher", "quicktune", "--predictors",
+         str(predictors), "--num-images", "12", "--pool-size", "8", "--output", str(output)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = re.search(r"\| (\d+) epochs? \|", line)
+        if match and int(match.group(1)) >= 4:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+    resumed = subprocess.run([*prog, "--resume", str(output), "--quiet"], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Failed to fetch metrics" not in resumed.stderr  # Ray could not parse a progress.csv
+    check_run(output, 40, "quicktune")
+    results = read_results(output / "results.json")
+    assert results.extra["interruptions"] == 1
+    assert sum(t.epochs for t in results.trials) > 4  # it went on after the interruption
+    assert any(t.resumes > 0 for t in results.trials)  # paused trials came back
+    tables = sorted((output / "ray").rglob("progress.csv"))
+    assert len(tables) == len(results.trials)
+    for table in tables:
+        rows = list(csv.reader(table.open()))
+        assert {len(row) for row in rows} == {len(rows[0])}, table.parent.name

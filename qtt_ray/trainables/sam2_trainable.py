@@ -33,6 +33,7 @@ from qtt_ray.trainables.process import freeze_long_lived, in_ray_actor, process_
 from qtt_ray.trainables.settings import RunSettings
 
 PARKED_TRIALS = 4  # paused trials an actor keeps in memory (see SAM2Trainable._park)
+ACTOR_OPS = ("save", "reset", "restore")  # timed in _count, reported by step
 DEFAULT_TRIAL_ID = "default"  # Trainable.trial_id outside Tune: no identity to park under
 
 
@@ -108,9 +109,12 @@ class SAM2Trainable(tune.Trainable):
 
     def _take_actor_ops(self) -> dict[str, float]:
         """Seconds this actor spent saving, resetting and restoring since its last step: where
-        a freeze-thaw pause -> resume goes (``results.json`` sums them per trial)."""
+        a freeze-thaw pause -> resume goes (``results.json`` sums them per trial). NaN: not
+        done. Every step reports the same keys in the same order: Tune's progress.csv takes
+        its columns from a session's first result and, after a resume, appends rows without a
+        header, so a key that appears later shifted the columns (pandas could not read it)."""
         ops, self._actor_ops = self._actor_ops, {}
-        return {f"actor_{name}_s": seconds for name, seconds in ops.items()}
+        return {f"actor_{name}_s": ops.get(name, float("nan")) for name in ACTOR_OPS}
 
     def _count(self, name: str, started: float) -> None:
         ops = self.__dict__.setdefault("_actor_ops", {})
