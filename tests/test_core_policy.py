@@ -271,13 +271,14 @@ def recorded_ask(p: QuickTunePolicy) -> tuple[object, np.ndarray]:
 def test_a_decision_given_back_after_a_restore_is_made_again_with_the_same_model() -> None:
     """The Tuner.restore case: the snapshot holds a decision and the background adaptation
     started after it; the decision goes back and is made again with the model it was made
-    with, and the pending adaptation is installed one decision later, as in the original."""
-    original = trained_policy(background_adapt=True)
+    with, and the pending adaptation is installed one decision later, as in the original.
+    (``adapt_share=None``: adaptations bounded by steps, not by a wall clock under load.)"""
+    original = trained_policy(background_adapt=True, adapt_share=None)
     tell_steps(original, 5)
     out, means = recorded_ask(original)
     state = json.loads(json.dumps(original.state_dict()))
     assert state["pending_adaptation"]["observations"] == 5
-    given_back, kept = trained_policy(background_adapt=True), trained_policy(background_adapt=True)
+    given_back, kept = (trained_policy(background_adapt=True, adapt_share=None) for _ in "ab")
     given_back.load_state_dict(state)
     given_back.release(out.trial_id)
     again, means_again = recorded_ask(given_back)
@@ -300,8 +301,8 @@ def test_a_decision_given_back_after_a_restore_is_made_again_with_the_same_model
 def test_release_undoes_a_decision_and_the_adaptation_started_after_it() -> None:
     """Two workers: a decision given back after more observations arrived leaves the policy
     deciding exactly as one that never made it."""
-    with_undo = trained_policy(background_adapt=True)
-    without = trained_policy(background_adapt=True)
+    with_undo = trained_policy(background_adapt=True, adapt_share=None)
+    without = trained_policy(background_adapt=True, adapt_share=None)
     for p in (with_undo, without):
         tell_steps(p, 4)
     first, second = with_undo.ask(), with_undo.ask()

@@ -419,10 +419,9 @@ class QuickTunePolicy:
             self._job_deferred = False
             if self._job_n != n:
                 self._discard_job()
-        elif self.background_adapt:
-            if self._install_adaptation():
-                self._conditioned_at = -1
-        elif self._adaptation_due(n):
+        elif self._install_adaptation():  # (a restored pending one even without background)
+            self._conditioned_at = -1
+        elif not self.background_adapt and self._adaptation_due(n):
             self._adapt_steps_done = self._adapt_on(n, self.adapt_steps, self._adapt_seconds())
             self._adapted_at = n
         if self._conditioned_at == n:
