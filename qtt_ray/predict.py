@@ -6,7 +6,9 @@ The tuned LoRA + mask decoder are loaded onto the base SAM2 rebuilt from the ada
 (same model, checkpoint and seed), so the reload reproduces the tuned model exactly. Prompts come
 from a boxes file (original-image pixels, see ``qtt_ray.predict_io``) or, for evaluation, from
 reference masks: one tight box per class present, computed exactly as validation does. Writes
-``masks/<stem>.png`` (class values, original size), ``overlays/<stem>.png`` and ``predict.json``.
+``masks/<stem>.png`` (class values, original size), ``overlays/<stem>.png`` and ``predict.json``,
+whose boxes are original-image pixels: a boxes file's boxes as given (clipped to the image), or
+the tight box of each prompted class in the reference mask.
 
 IoU (with reference masks) is the training metric (``qtt_ray.model.metrics``) at the model's
 input size, batched like validation, so predicting a run's validation images reproduces its
@@ -32,6 +34,7 @@ from torch import nn
 
 from qtt_ray.cli import one_line, run_cli
 from qtt_ray.data import Example, Sample, make_example
+from qtt_ray.data.boxes import tight_box
 from qtt_ray.data.errors import printable
 from qtt_ray.data.example import preprocess_image, resize_mask
 from qtt_ray.data.image_io import CorruptFileError, read_header, read_image
@@ -103,14 +106,15 @@ def predicted_masks(
 # -- the folder side -----------------------------------------------------------------------------
 @dataclass
 class Job:
-    """One image to segment: its pixels, the prompts it got (input coordinates) and, when given,
-    its reference mask."""
+    """One image to segment: its pixels, the prompts it got (in the model's input coordinates,
+    and in the original image's for people) and, when given, its reference mask."""
 
     stem: str
     file: Path
     image: np.ndarray
     reference: np.ndarray | None
     example: Example | None  # None: no box prompt, nothing to segment
+    boxes: np.ndarray  # (K, 4) original-image inclusive xyxy of example's K prompts
 
     @property
     def size(self) -> tuple[int, int]:
@@ -154,10 +158,12 @@ def _load_job(stem: str, file: Path, reference: np.ndarray | None, prompt: Promp
             f"--masks: the mask of {file.name} is {reference.shape[1]}x{reference.shape[0]} but "
             f"the image is {width}x{height}; masks must have their image's size"
         )
+    boxes = np.zeros((0, 4)) if prompt is None else prompt.boxes  # as given, for people
     if prompt is None:  # prompts from the reference mask, exactly as validation makes them
         example = None
         if reference is not None:
             example = make_example(Sample(stem, image, reference), image_size)
+            boxes = _tight_boxes(reference, example.class_ids)
     elif len(prompt.boxes) == 0:
         example = None
     else:
@@ -172,17 +178,22 @@ def _load_job(stem: str, file: Path, reference: np.ndarray | None, prompt: Promp
             ),
             class_ids=class_ids,
         )
-    if example is not None and example.num_boxes == 0:
-        example = None
-    return Job(stem, file, image, reference, example)
+    if example is None or example.num_boxes == 0:
+        return Job(stem, file, image, reference, None, np.zeros((0, 4)))
+    return Job(stem, file, image, reference, example, boxes)
 
 
-def _input_to_original(boxes: torch.Tensor, height: int, width: int, size: int) -> list[list]:
-    """Inverse of ``boxes_to_input``: the prompts as original-image pixels (for people)."""
-    scale = np.array([width / size, height / size] * 2)
-    original = (boxes.numpy().astype(np.float64) + 0.5) * scale - 0.5
-    upper = np.array([width - 1, height - 1] * 2)
-    return np.round(np.clip(original, 0.0, upper), 2).tolist()
+def _tight_boxes(reference: np.ndarray, class_ids: torch.Tensor) -> np.ndarray:
+    """The tight original-image box of each prompted class: what the input-size prompt stands
+    for, exact (mapping the input box back would be off by a fraction of a pixel). Every class
+    of the resized mask is in the original, so each box exists."""
+    boxes = [tight_box(reference == class_id) for class_id in class_ids.tolist()]
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4)
+
+
+def _json_box(box: np.ndarray) -> list[int | float]:
+    """A box for predict.json: whole numbers as integers, so a file's box reads back as given."""
+    return [int(v) if float(v).is_integer() else float(v) for v in box.tolist()]
 
 
 def predict_folder(
@@ -252,7 +263,7 @@ def predict_folder(
         else:
             example, job_logits = job.example, logits_of[job.stem]
             prediction = semantic_map(job_logits, example.class_ids, (height, width))
-            row["boxes"] = _input_to_original(example.boxes, height, width, size)
+            row["boxes"] = [_json_box(box) for box in job.boxes]
             row["class_ids"] = example.class_ids.tolist()
             if job.reference is not None:
                 target_s = torch.from_numpy(resize_mask(job.reference, size).astype(np.int64))

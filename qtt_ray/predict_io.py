@@ -19,7 +19,14 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from qtt_ray.data.errors import DataError, printable
-from qtt_ray.data.folder import BINARY_WHITE, IMAGE_SUFFIXES, MASK_SUFFIX, files_by_stem
+from qtt_ray.data.folder import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIX,
+    class_indices,
+    files_by_stem,
+    mask_labels,
+    reads_white_as_class_one,
+)
 from qtt_ray.data.image_io import CorruptFileError, read_mask
 from qtt_ray.model.adapter import META, WEIGHTS
 
@@ -45,7 +52,7 @@ class PredictError(ValueError):
 class Prompt:
     """The box prompts of one image in original-image pixel coordinates."""
 
-    boxes: np.ndarray  # (K, 4) float32 inclusive xyxy
+    boxes: np.ndarray  # (K, 4) float64 inclusive xyxy: the file's numbers, clipped to the image
     class_ids: list[int] = field(default_factory=list)
 
 
@@ -92,8 +99,10 @@ def list_images(folder: Path) -> dict[str, Path]:
 
 
 def read_reference_masks(folder: Path, stems: list[str]) -> dict[str, np.ndarray]:
-    """``<stem>.png`` class-index masks for the stems that have one (binary 0/255 -> 0/1, as
-    for training folders); images without a mask are simply not evaluated."""
+    """``<stem>.png`` class-index masks for the stems that have one; images without a mask are
+    simply not evaluated. Labels follow the dataset loader's rules (``qtt_ray.data.folder``), so
+    a folder that tuning refuses is refused here with the same message, and binary 0/255 masks
+    read as 0/1 exactly as in training."""
     if not folder.is_dir():
         raise PredictError(f"--masks {folder}: no such folder; pass a folder of <stem>.png masks")
     try:
@@ -101,21 +110,22 @@ def read_reference_masks(folder: Path, stems: list[str]) -> dict[str, np.ndarray
     except DataError as error:
         raise PredictError(f"--masks: {error}") from error
     masks: dict[str, np.ndarray] = {}
-    for stem in stems:
-        if stem in files:
-            try:
-                masks[stem] = read_mask(files[stem])
-            except CorruptFileError as error:
-                raise PredictError(f"--masks: unreadable mask {error}") from error
+    labels: dict[Path, set[int]] = {}
+    try:
+        for stem in sorted(set(stems) & files.keys()):  # sorted like the loader's scan
+            masks[stem] = read_mask(files[stem])
+            labels[files[stem]] = mask_labels(files[stem], masks[stem])
+        binary = reads_white_as_class_one(labels)
+    except CorruptFileError as error:
+        raise PredictError(f"--masks: unreadable mask {error}") from error
+    except DataError as error:
+        raise PredictError(f"--masks: {error}") from error
     if not masks:
         raise PredictError(
             f"--masks {folder}: no <stem>.png mask for any of the {len(stems)} images; masks "
             "must share their image's stem"
         )
-    labels = set().union(*(set(np.unique(m).tolist()) for m in masks.values())) - {0}
-    if labels == {BINARY_WHITE}:
-        masks = {stem: (m == BINARY_WHITE).astype(np.uint8) for stem, m in masks.items()}
-    return masks
+    return {stem: class_indices(masks[stem], binary) for stem in stems if stem in masks}
 
 
 def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[int, int]]
@@ -123,9 +133,14 @@ def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[
     """The prompts of a boxes file (see the module docstring), clipped to each image;
     ``sizes`` holds (height, width) per stem."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(), object_pairs_hook=_unique_keys)
     except FileNotFoundError as error:
         raise PredictError(f"--boxes {path}: no such file") from error
+    except _DuplicateKeyError as error:
+        raise PredictError(
+            f"--boxes {path}: the key {error.key!r} appears twice in one object; JSON keeps only "
+            "the last, so merge the two lists of boxes into one"
+        ) from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PredictError(
             f"--boxes {path}: not readable JSON ({error}); expected {BOXES_EXAMPLE}"
@@ -134,6 +149,7 @@ def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[
         raise PredictError(f"--boxes {path}: the top level must be an object like {BOXES_EXAMPLE}")
     by_name = {file.name: stem for stem, file in images.items()}
     prompts: dict[str, Prompt] = {}
+    key_of: dict[str, str] = {}
     for key, entries in data.items():
         stem = by_name.get(key, key if key in images else None)
         if stem is None:
@@ -141,6 +157,12 @@ def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[
                 f"--boxes {path}: {key!r} names no image in --images; use an image's file name "
                 "or stem"
             )
+        if stem in key_of:
+            raise PredictError(
+                f"--boxes {path}: {key_of[stem]!r} and {key!r} both name {images[stem].name}; "
+                "merge their boxes under one key"
+            )
+        key_of[stem] = key
         where = f"--boxes {path}: {key!r}"
         if not isinstance(entries, list):
             raise PredictError(f"{where} must map to a list of boxes, e.g. {BOXES_EXAMPLE}")
@@ -148,10 +170,26 @@ def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[
         parsed = [_parse_box(entry, f"{where}[{i}]", height, width)
                   for i, entry in enumerate(entries)]
         prompts[stem] = Prompt(
-            boxes=np.array([box for box, _ in parsed], dtype=np.float32).reshape(-1, 4),
+            boxes=np.array([box for box, _ in parsed], dtype=np.float64).reshape(-1, 4),
             class_ids=[class_id for _, class_id in parsed],
         )
     return prompts
+
+
+class _DuplicateKeyError(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a repeated key that ``json`` would silently drop."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise _DuplicateKeyError(key)
+        data[key] = value
+    return data
 
 
 def _parse_box(entry: Any, where: str, height: int, width: int) -> tuple[list[float], int]:

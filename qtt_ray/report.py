@@ -3,7 +3,7 @@
 Everything comes from the run folder: ``results.json`` (read through ``qtt_ray.results``, the
 schema's owner), the IoU-over-time plot drawn from it, and the validation picture grid if
 ``qtt_ray.tune`` wrote one (``pictures.GRID_FILE``). Times: start-up + tuning (training inside
-trial steps + overhead) + final evaluation is the wall clock of the whole command.
+trial steps + overhead) + shutdown + final evaluation is the wall clock of the whole command.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _best_config(results: Results) -> list[str]:
 
 
 def _time_table(results: Results) -> list[str]:
-    total = results.startup_s + results.elapsed_s + results.final_eval_s
+    total = results.startup_s + results.elapsed_s + results.shutdown_s + results.final_eval_s
     step_s = sum(sum(t.epoch_s) for t in results.trials)
     train_s = sum(sum(t.train_s) for t in results.trials)
 
@@ -89,6 +89,7 @@ def _time_table(results: Results) -> list[str]:
         row("start-up (Ray, data, zero-shot evaluation)", results.startup_s),
         row("tuning: training inside trial steps", results.train_s),
         row("tuning: overhead (decisions, scheduling, checkpoints, actors)", results.overhead_s),
+        row("shutdown (stopping trials, Tune's last snapshot)", results.shutdown_s),
         row("final evaluation and export", results.final_eval_s),
         row("total", total),
     ]
@@ -98,7 +99,7 @@ def _time_table(results: Results) -> list[str]:
               f"budget ({_percent(used)})."]
     if step_s > train_s > 0:
         lines.append(
-            f"Per epoch, trials spent {_seconds(train_s)} training and "
+            f"Over all their epochs, trials spent {_seconds(train_s)} training and "
             f"{_seconds(step_s - train_s)} validating ({_percent((step_s - train_s) / step_s)} "
             "of their step time)."
         )
@@ -147,7 +148,7 @@ def _value(value: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qtt_ray.report RUN``: (re)write the report of a finished run folder."""
+    """python -m qtt_ray.report RUN: (re)write the report of a finished run folder."""
     import argparse
 
     from qtt_ray.cli import run_cli

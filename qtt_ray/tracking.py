@@ -14,6 +14,7 @@ import logging
 import math
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +27,8 @@ from qtt_ray.searchers.clock import step_seconds
 
 log = logging.getLogger(__name__)
 
+RUN_STATUS = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}  # Tune trial -> MLflow run
+ARTIFACTS_DIR = "mlartifacts"  # beside a sqlite tracking database (see artifact_root)
 HIDDEN_PREFIX = "_"  # config keys for the trainables' plumbing, not hyperparameters
 
 
@@ -227,11 +230,17 @@ class MlflowTracker(Callback):
         self._disabled = False
         self._started_at: float | None = None
         self._logged_epochs = 0
+        self._artifacts = True  # see _check_artifact_location
+        # the tuning clock of results.json (TrialRecorder.elapsed: from the first step, plus
+        # an interrupted run's seconds); None: seconds since start()
+        self.elapsed_clock: Callable[[], float] | None = None
 
-    # the client is not picklable and Tune pickles callbacks into tuner.pkl
+    # the client is not picklable and Tune pickles callbacks into tuner.pkl; the clock is set
+    # again by whoever builds the tuner
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_client"] = None
+        state["elapsed_clock"] = None
         return state
 
     @property
@@ -251,8 +260,11 @@ class MlflowTracker(Callback):
             experiment_id = (
                 experiment.experiment_id
                 if experiment is not None
-                else self._client.create_experiment(self.experiment_name)
+                else self._client.create_experiment(
+                    self.experiment_name, artifact_location=artifact_root(self.tracking_uri)
+                )
             )
+            self._check_artifact_location(experiment)
             if self.parent_run_id is None:
                 run = self._client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
                 self.parent_run_id = run.info.run_id
@@ -261,6 +273,23 @@ class MlflowTracker(Callback):
         except Exception as err:  # an unreachable server must not stop the tuning
             self._disable(err)
         self._started_at = time.monotonic()
+
+    def _check_artifact_location(self, experiment: Any) -> None:
+        """A sqlite database that moved with its run folder still names the old artifact
+        folder (MLflow stores it absolute): log no artifacts there (the files are in the run
+        folder anyway) rather than write outside it."""
+        expected = artifact_root(self.tracking_uri)
+        if experiment is None or expected is None:
+            return
+        location = str(experiment.artifact_location)
+        if location.startswith("file:") and location.rstrip("/") != expected.rstrip("/"):
+            log.warning(
+                "MLflow: experiment %r keeps its artifacts at %s, outside this run folder (it "
+                "moved?); not logging artifacts there",
+                self.experiment_name,
+                location,
+            )
+            self._artifacts = False
 
     def _disable(self, err: Exception) -> None:
         if not self._disabled:
@@ -329,7 +358,10 @@ class MlflowTracker(Callback):
 
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
-        elapsed = time.monotonic() - (self._started_at or time.monotonic())
+        if self.elapsed_clock is not None:
+            elapsed = self.elapsed_clock()
+        else:
+            elapsed = time.monotonic() - (self._started_at or time.monotonic())
         values = {
             "iou": result.get(self.metric),
             "loss": result.get("loss"),
@@ -345,20 +377,29 @@ class MlflowTracker(Callback):
         self._logged_epochs += 1
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self._end_child(trial.trial_id, "FINISHED")
+        self._end_child(trial.trial_id, "FINISHED", final=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
-        self._end_child(trial.trial_id, "FAILED")
+        self._end_child(trial.trial_id, "FAILED", final=True)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Trials cut by the time budget or a Ctrl-C never get on_trial_complete (Tune marks a
-        running one TERMINATED as it stops it): they did not finish, so they end KILLED."""
-        for trial_id in list(self.child_runs):
+        """Every trial's run ends as Tune ended the trial, the status results.json reports
+        (``TrialRecorder.on_experiment_end``): TERMINATED -> FINISHED (also a trial the
+        budget cut or left paused: Tune terminates those without on_trial_complete; its epoch
+        count says how far it got), ERROR -> FAILED, anything else KILLED. Runs ended KILLED
+        by an interruption get their final status here after the resume."""
+        for trial in trials:
+            status = RUN_STATUS.get(str(trial.status), "KILLED")
+            self._end_child(trial.trial_id, status, final=True)
+        for trial_id in list(self.child_runs):  # trials Tune no longer lists
             self._end_child(trial_id, "KILLED")
 
-    def _end_child(self, trial_id: str, status: str) -> None:
+    def _end_child(self, trial_id: str, status: str, final: bool = False) -> None:
+        """``final``: Tune says how the trial ended, which overrides the KILLED an interruption
+        gave it (after a resume, a trial paused at the Ctrl-C may be stopped without another
+        result, so its run is never reopened)."""
         run_id = self.child_runs.get(trial_id)
-        if run_id is None or trial_id in self._closed_children:
+        if run_id is None or (trial_id in self._closed_children and not final):
             return
         self._call("set_terminated", run_id, status=status)
         self._closed_children.add(trial_id)
@@ -403,7 +444,7 @@ class MlflowTracker(Callback):
             self._call("log_batch", self.parent_run_id, metrics=metrics[start : start + 900])
 
     def log_artifact(self, path: str | Path) -> None:
-        if self.active and Path(path).exists():
+        if self.active and self._artifacts and Path(path).exists():
             self._call("log_artifact", self.parent_run_id, str(path))
 
     def close(self, status: str = "FINISHED") -> None:
@@ -412,6 +453,17 @@ class MlflowTracker(Callback):
             self._end_child(trial_id, "KILLED")
         if self.active:
             self._call("set_terminated", self.parent_run_id, status=status)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment in a local sqlite store keeps its artifacts: beside the database
+    (MLflow's default, ``./mlruns``, is relative to the working directory, so a run folder
+    copied elsewhere lost its artifacts, and runs started from one directory shared them).
+    None: the store decides (a tracking server, a file store)."""
+    prefix = "sqlite:///"
+    if not uri.lower().startswith(prefix) or uri[len(prefix):] in ("", ":memory:"):
+        return None
+    return (Path(uri[len(prefix):]).resolve().parent / ARTIFACTS_DIR).as_uri()
 
 
 def _check_reachable(uri: str, timeout_s: float = 3.0) -> None:

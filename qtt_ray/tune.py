@@ -52,6 +52,7 @@ TRAIN_PREDICTORS_HINT = (
     "python -m qtt_ray.meta train --meta PATH/qttseg_sam2_curves.csv --out DIR"
 )
 STORAGE_ENV = "QTT_STORAGE_PATH"
+DEFAULT_STORAGE = "ray"  # Ray's storage_path inside the output folder, unless --storage
 RUN_FILE = "run.json"  # what --resume needs to rebuild the trainable
 POOL_SIZE = 128  # configurations in the freeze-thaw pool, as the paper
 MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
@@ -134,6 +135,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--max-concurrent {args.max_concurrent} must be at least 1")
     if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
         raise CliError(f"--gpus-per-trial {args.gpus_per_trial:g} must be >= 0")
+    if args.gpus_per_trial and args.address is None:
+        check_local_gpus(args.gpus_per_trial)
     if args.pool_size < 1:
         raise CliError(f"--pool-size {args.pool_size} must be at least 1")
     if args.max_failures < 0:
@@ -145,6 +148,20 @@ def check_args(args: argparse.Namespace) -> None:
                        f"an interrupted {PROG} run")
     if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
         raise CliError(f"--output {args.output} is a file; pass a folder (new or existing)")
+
+
+def check_local_gpus(gpus_per_trial: float) -> None:
+    """Ray started here sees this machine's GPUs only: a trial asking for more would wait
+    forever (Ray only warns), so the budget would never start."""
+    import torch
+
+    found = torch.cuda.device_count()
+    if gpus_per_trial > found:
+        raise CliError(
+            f"--gpus-per-trial {gpus_per_trial:g}: this machine has {found} CUDA GPU(s), so no "
+            "trial could start; pass a smaller value (0 trains on CPU), or --address of a Ray "
+            "cluster with GPU workers"
+        )
 
 
 def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -256,6 +273,30 @@ class Prepared:
         return "replay" if self.replay else self.spec.name
 
 
+def portable_storage(storage: str, output: Path) -> str:
+    """The storage path as run.json keeps it: relative when inside the output folder, so a
+    moved or copied run folder (``ray rsync-down``) resumes from its own checkpoints."""
+    if "://" in storage:
+        return storage
+    try:
+        return str(Path(storage).relative_to(output))
+    except ValueError:
+        return storage
+
+
+def resume_storage(saved: str, experiment: str, output: Path) -> str:
+    """Inverse of ``portable_storage``; an absolute path that is gone (run.json written before
+    paths were relative, then the folder moved) falls back to the folder's own ``ray/``."""
+    if "://" in saved:
+        return saved
+    path = Path(saved)
+    if not path.is_absolute():
+        return str(output / path)
+    if not (path / experiment).is_dir() and (output / DEFAULT_STORAGE / experiment).is_dir():
+        return str(output / DEFAULT_STORAGE)
+    return saved
+
+
 def dataset_fingerprint(prep: Prepared) -> dict[str, Any]:
     """What a resumed run must find again: the same dataset split (and model)."""
     if prep.replay is not None:
@@ -287,6 +328,9 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
         output = Path(args.resume).resolve()
         try:
             saved = json.loads((output / RUN_FILE).read_text())
+            if saved.get("finished"):
+                raise CliError(f"--resume {args.resume}: that run finished (see its "
+                               f"{RESULTS_FILE}); start a new run with --output to tune again")
             check_resume_options(saved, given or set(), args)
             settings = RunSettings.from_json(saved["settings"])
             searcher = saved["searcher"]
@@ -300,6 +344,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
                 f"({type(err).__name__}: {one_line(err)[:120]}); "
                 "it was edited or cut off, start a new run with --output"
             ) from err
+        storage = resume_storage(storage, experiment, output)
         if "://" not in storage and not (Path(storage) / experiment).is_dir():
             raise CliError(f"--resume {args.resume}: the Ray experiment "
                            f"{Path(storage) / experiment} is gone; start a new run")
@@ -318,7 +363,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
         else:
             settings = settings.pinned()
         searcher, predictors = choose_searcher(args)
-        storage = args.storage or os.environ.get(STORAGE_ENV) or str(output / "ray")
+        storage = args.storage or os.environ.get(STORAGE_ENV) or str(output / DEFAULT_STORAGE)
         if "://" not in storage:
             storage = str(Path(storage).resolve())
         experiment = f"tune-{output.name}"
@@ -486,6 +531,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
             draw_pictures(prep, results, device, base)
         results.final_eval_s = time.monotonic() - final_start
         path = write_results(prep.output / RESULTS_FILE, results)
+        update_run_file(prep.output, finished=True)  # --resume now refuses it
         from qtt_ray.report import write_report
 
         report = write_report(prep.output)
@@ -507,7 +553,7 @@ def write_run_file(args: argparse.Namespace, prep: Prepared, budget: float, slot
         "predictors": str(prep.predictors) if prep.predictors else None,
         "budget_s": budget, "spent_s": 0.0, "interruptions": 0, "slots": slots,
         "pool_size": args.pool_size, "gpus_per_trial": args.gpus_per_trial,
-        "storage": prep.storage, "experiment": prep.experiment,
+        "storage": portable_storage(prep.storage, prep.output), "experiment": prep.experiment,
         "replay": vars(prep.replay) if prep.replay else None,
         "fingerprint": dataset_fingerprint(prep),
         "options": {dest: getattr(args, dest) for dest in (*RESUME_FIXED, "max_failures")},
@@ -565,10 +611,12 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
                 spent: float, zero_shot: float | None, resources: dict[str, float]) -> Any:
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback
+    from ray.tune.search import Searcher
 
     from qtt_ray.progress import ProgressCallback
     from qtt_ray.searchers import SimulatedClock, WallClock, make_search
     from qtt_ray.searchers.budget_stopper import find_budget_stopper, tuning_stopper
+    from qtt_ray.searchers.relocate import RelocatedSearchGenerator
     from qtt_ray.space import SAM2_SPACE
     from qtt_ray.tracking import MlflowTracker, TrialRecorder
 
@@ -583,8 +631,19 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
         tracker = next((c for c in callbacks if isinstance(c, MlflowTracker)), None)
         if tracker is not None and prep.saved and prep.saved.get("mlflow_parent"):
             tracker.parent_run_id = prep.saved["mlflow_parent"]  # reopen, not a new parent
+        if tracker is not None:
+            tracker.elapsed_clock = recorder.elapsed  # one tuning clock for MLflow and results
+            old_output = tracker.tags.get("output")
+            if old_output and tracker.tracking_uri == default_mlflow_uri(Path(old_output)):
+                # the run folder moved or was copied: its own database, not the original's
+                tracker.tracking_uri = default_mlflow_uri(prep.output)
+                tracker.tags["output"] = str(prep.output)
         search_alg = tuner._local_tuner._tune_config.search_alg
         controller = getattr(search_alg, "controller", None)
+        if "://" not in prep.storage and isinstance(search_alg, Searcher):
+            # new trials go to this folder's storage, also when the run folder moved
+            tuner._local_tuner._tune_config.search_alg = RelocatedSearchGenerator(
+                search_alg, str(Path(prep.storage).resolve().as_posix()))
         # the budget stopper restarts in full: give it what the interrupted run left
         stopper = find_budget_stopper(tuner._local_tuner.get_run_config().stop)
         if stopper is not None:
@@ -607,6 +666,8 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
                         pool=pool, continue_in_place=True)  # with checkpoint_config() below
     recorder = TrialRecorder()
     tracker = make_tracker(args, prep, budget)
+    if tracker is not None:
+        tracker.elapsed_clock = recorder.elapsed  # one tuning clock for MLflow and results
     callbacks = [recorder, ProgressCallback(budget, zero_shot_iou=zero_shot, stream=sys.stderr,
                                             quiet=args.quiet), CSVLoggerCallback()]
     if tracker is not None:
@@ -646,10 +707,14 @@ def checkpoint_config() -> Any:
                                  checkpoint_at_end=True)
 
 
+def default_mlflow_uri(output: Path) -> str:
+    return f"sqlite:///{output / 'mlflow.db'}"
+
+
 def make_tracker(args: argparse.Namespace, prep: Prepared, budget: float) -> Any:
     from qtt_ray.tracking import MlflowTracker
 
-    uri = args.mlflow_uri or f"sqlite:///{prep.output / 'mlflow.db'}"
+    uri = args.mlflow_uri or default_mlflow_uri(prep.output)
     if uri.lower() == "none":
         return None
     tags = {

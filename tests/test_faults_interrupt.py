@@ -102,16 +102,25 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
     run = json.loads((output / "run.json").read_text())
     assert run["interruptions"] == 1 and 0 < run["spent_s"]
 
-    resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
+    moved = tmp_path / "moved"  # e.g. `ray rsync-down` to another machine: resume from there
+    output.rename(moved)
+    resumed = subprocess.run([*PROG, "--resume", str(moved), "--quiet"], cwd=REPO,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert curves(output) == reference_curves  # same epochs, nothing lost or re-counted
-    results = read_results(output / "results.json")
+    assert not output.exists()  # nothing was written to where the run used to be
+    assert curves(moved) == reference_curves  # same epochs, nothing lost or re-counted
+    results = read_results(moved / "results.json")
     assert results.extra["interruptions"] == 1
-    parents, children = mlflow_statuses(output)
+    parents, children = mlflow_statuses(moved)
     assert parents == ["FINISHED"]  # the same parent run continued and finished
     assert len(children) == len(results.trials)  # the same trial runs continued, no duplicates
-    assert set(children) <= {"KILLED", "FINISHED"}
+    # a trial Tune ended is FINISHED in MLflow too, also one paused at the Ctrl-C and stopped
+    # after the resume without another epoch (its run had been ended KILLED)
+    finished = sum(t.status == "TERMINATED" for t in results.trials)
+    assert children.count("FINISHED") == finished and set(children) <= {"KILLED", "FINISHED"}
+    again = subprocess.run([*PROG, "--resume", str(moved)], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "that run finished" in again.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow

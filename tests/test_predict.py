@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from qtt_ray.data import load_dataset, make_demo_dataset, write_dataset_folder
+from qtt_ray.data import DataError, load_dataset, make_demo_dataset, write_dataset_folder
 from qtt_ray.data.boxes import tight_box
 from qtt_ray.data.example import resize_mask
 from qtt_ray.model.build import build_model, resolve_spec
@@ -23,13 +24,14 @@ from qtt_ray.model.finetune import FineTuner
 from qtt_ray.model.forward import box_logits, collate
 from qtt_ray.model.metrics import semantic_prediction
 from qtt_ray.predict import SUMMARY, main
-from qtt_ray.predict_io import BEST_ADAPTER, boxes_to_input
+from qtt_ray.predict_io import BEST_ADAPTER, boxes_to_input, read_reference_masks
 
 S = 64
 BATCH = 4
 CONFIG = {"lora": 1, "lora_rank": 4, "lora_dropout": 0.0, "lr": 3e-3, "weight_decay": 0.0,
           "horizontal_flip": 0, "vertical_flip": 0, "random_rotate": 0, "sched": "cosine"}
 REPO = Path(__file__).resolve().parents[1]
+Relabel = Callable[[int, np.ndarray], np.ndarray]
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +249,92 @@ def test_command_line_exit_code_without_traceback(tmp_path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith("python -m qtt_ray.predict: error: --run")
     assert "Traceback" not in done.stderr
+
+
+# --- reference masks follow the dataset loader's label rules ------------------------------------
+
+
+def _relabelled(tuned, root: Path, relabel: Relabel) -> Path:
+    """The validation images with their masks passed through ``relabel(index, mask)``."""
+    shutil.copytree(tuned["val"] / "images", root / "images")
+    (root / "masks").mkdir()
+    for i, sample in enumerate(tuned["dataset"].val):
+        Image.fromarray(relabel(i, sample.mask.copy())).save(root / "masks" / f"{sample.stem}.png")
+    return root
+
+
+def _with_ignore_label(i: int, mask: np.ndarray) -> np.ndarray:
+    mask[:2] = 255  # an 'ignore' border beside class indices 1..3
+    return mask
+
+
+def _mixed_encodings(i: int, mask: np.ndarray) -> np.ndarray:
+    binary = (mask > 0).astype(np.uint8)
+    return binary * 255 if i % 2 else binary  # some masks 0/1, others 0/255
+
+
+@pytest.mark.parametrize("relabel", [_with_ignore_label, _mixed_encodings])
+def test_reference_masks_tuning_refuses_are_refused_alike(tuned, tmp_path, capsys,
+                                                          relabel: Relabel) -> None:
+    root = _relabelled(tuned, tmp_path / "data", relabel)
+    with pytest.raises(DataError) as refused:
+        load_dataset(root, num_images=len(tuned["dataset"].val))
+    message = _error(_args(tuned, tmp_path / "out", **{"--images": str(root / "images"),
+                                                          "--masks": str(root / "masks")}), capsys)
+    assert message.endswith(f"error: --masks: {refused.value}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_binary_255_reference_masks_read_as_class_one(tuned, tmp_path) -> None:
+    root = _relabelled(tuned, tmp_path / "data",
+                       lambda i, mask: (mask > 0).astype(np.uint8) * 255)
+    stems = [sample.stem for sample in tuned["dataset"].val]
+    masks = read_reference_masks(root / "masks", stems)
+    dataset = load_dataset(root, num_images=len(stems))
+    for sample in dataset.samples:  # the same labels as the loader gives
+        assert np.array_equal(masks[sample.stem], sample.mask)
+    assert set(np.unique(np.concatenate([m.ravel() for m in masks.values()]))) == {0, 1}
+
+
+# --- boxes files --------------------------------------------------------------------------------
+
+
+def test_an_image_named_twice_in_a_boxes_file_is_refused(tuned, tmp_path, capsys) -> None:
+    stem = tuned["dataset"].val[0].stem
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({stem: [[0, 0, 5, 5], [1, 1, 9, 9]],
+                                 f"{stem}.png": [[2, 2, 8, 8]]}))
+    message = _error(_args(tuned, tmp_path / "out", **{"--masks": None, "--boxes": str(boxes)}),
+                     capsys)
+    assert str(boxes) in message and f"'{stem}' and '{stem}.png' both name {stem}.png" in message
+    boxes.write_text(f'{{"{stem}": [[0, 0, 5, 5]], "{stem}": [[2, 2, 8, 8]]}}')
+    message = _error(_args(tuned, tmp_path / "out", **{"--masks": None, "--boxes": str(boxes)}),
+                     capsys)
+    assert str(boxes) in message and f"the key '{stem}' appears twice" in message
+
+
+def test_predict_json_records_the_boxes_as_given(tuned, tmp_path, capsys) -> None:
+    """Boxes are written in original pixels exactly: a boxes file's as given (clipped), a
+    reference mask's as the tight box of each class, not mapped to the input size and back."""
+    width, height = 100, 70  # neither side is the model's S, so a round trip would drift
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(image).save(root / "images" / "wide.png")
+    mask = np.zeros((height, width), np.uint8)
+    mask[5:31, 10:41] = 1
+    mask[40:66, 60:97] = 2
+    Image.fromarray(mask).save(root / "masks" / "wide.png")
+    given = [[0, 0, width - 1, height - 1], [2.5, 3.25, 40.75, 50, 2], [-5, 20, 300, 30, 3]]
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text(json.dumps({"wide.png": given}))
+    base = ["--run", str(tuned["run"]), "--images", str(root / "images")]
+    assert _predict([*base, "--boxes", str(boxes), "--out", str(tmp_path / "b")], capsys)[0] == 0
+    row = json.loads((tmp_path / "b" / SUMMARY).read_text())["images"][0]
+    assert row["boxes"] == [[0, 0, 99, 69], [2.5, 3.25, 40.75, 50], [0, 20, 99, 30]]
+    assert row["class_ids"] == [1, 2, 3]
+    assert _predict([*base, "--masks", str(root / "masks"), "--out", str(tmp_path / "m")],
+                    capsys)[0] == 0
+    row = json.loads((tmp_path / "m" / SUMMARY).read_text())["images"][0]
+    assert row["boxes"] == [[10, 5, 40, 30], [60, 40, 96, 65]] and row["class_ids"] == [1, 2]

@@ -13,7 +13,7 @@ from ray_fixtures import fit, ray_session, synthetic_meta  # noqa: F401
 
 from qtt_ray.bench.peers import Hyperband
 from qtt_ray.searchers import SimulatedClock, make_search
-from qtt_ray.tracking import MlflowTracker, TrialRecorder
+from qtt_ray.tracking import ARTIFACTS_DIR, MlflowTracker, TrialRecorder, artifact_root
 from qtt_ray.trainables.replay_trainable import RUN_ID_KEY, ReplayCurves, ReplayTrainable
 
 TERMINAL = {"FINISHED", "KILLED", "FAILED"}
@@ -65,6 +65,50 @@ def test_time_budget_leaves_no_run_running(ray_session, tmp_path) -> None:  # no
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert len(runs) == 1 + len(tracker.child_runs)
     assert {run.info.status for run in runs} <= TERMINAL
+    # each trial's run says what results.json says (the recorder): one vocabulary mapped
+    statuses = {r.trial_id: r.status for r in recorder.records()}
+    assert "TERMINATED" in statuses.values()
+    for trial_id, status in statuses.items():
+        want = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "KILLED")
+        assert client.get_run(tracker.child_runs[trial_id]).info.status == want, status
+
+
+def test_artifacts_go_beside_the_sqlite_database_not_the_working_directory(
+    tmp_path, monkeypatch
+) -> None:
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # MLflow's default artifact root is ./mlruns of the cwd
+    run = tmp_path / "run"
+    run.mkdir()
+    tracker = MlflowTracker(f"sqlite:///{run / 'mlflow.db'}", "tests", "a", {})
+    tracker.start()
+    (run / "report.md").write_text("# report")
+    tracker.log_artifact(run / "report.md")
+    tracker.close("FINISHED")
+    assert list(elsewhere.iterdir()) == []
+    assert len(list((run / ARTIFACTS_DIR).rglob("report.md"))) == 1
+    assert artifact_root("http://host:5000") is None  # a server decides for itself
+
+
+def test_a_moved_database_logs_no_artifacts_to_its_old_folder(tmp_path, caplog) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    first = MlflowTracker(f"sqlite:///{old / 'mlflow.db'}", "tests", "a", {})
+    first.start()
+    first.close("KILLED")
+    old.rename(new)
+    again = MlflowTracker(f"sqlite:///{new / 'mlflow.db'}", "tests", "a", {})
+    again.parent_run_id = first.parent_run_id
+    with caplog.at_level(logging.WARNING, logger="qtt_ray.tracking"):
+        again.start()
+    (new / "report.md").write_text("# report")
+    again.log_artifact(new / "report.md")
+    again.close("FINISHED")
+    assert not old.exists()  # nothing recreated where the folder used to be
+    assert any("outside this run folder" in r.getMessage() for r in caplog.records)
+    client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
+    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
 
 
 def test_unreachable_server_warns_once_and_continues(caplog) -> None:

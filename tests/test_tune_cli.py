@@ -101,3 +101,36 @@ def test_an_output_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
     target.write_text("x")
     code, err = run_main(tune.main, ["--output", str(target), "--model", "micro"], capsys)
     assert code == 2 and "--output" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_resuming_a_finished_run_is_refused(capsys, tmp_path) -> None:
+    (tmp_path / tune.RUN_FILE).write_text('{"finished": true, "budget_s": 60}')
+    code, err = run_main(tune.main, ["--resume", str(tmp_path)], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert "that run finished" in err.strip().splitlines()[-1]
+
+
+def test_more_gpus_per_trial_than_this_machine_has_is_one_line(capsys) -> None:
+    """Ray started here would wait forever for a GPU it does not have (it only warns)."""
+    import torch
+
+    wanted = torch.cuda.device_count() + 1
+    code, err = run_main(tune.main, ["--gpus-per-trial", str(wanted), "--model", "micro"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and f"--gpus-per-trial {wanted}" in last and "--address" in last
+
+
+def test_the_storage_inside_the_run_folder_is_kept_relative(tmp_path) -> None:
+    """run.json names the checkpoints folder relative to the run, so a moved or copied run
+    resumes from its own checkpoints; storage elsewhere (NFS, s3://) stays as given."""
+    run = tmp_path / "run"
+    assert tune.portable_storage(str(run / "ray"), run) == "ray"
+    assert tune.portable_storage("/mnt/nfs/qtt", run) == "/mnt/nfs/qtt"
+    assert tune.portable_storage("s3://bucket/qtt", run) == "s3://bucket/qtt"
+    moved = tmp_path / "moved"
+    assert tune.resume_storage("ray", "tune-run", moved) == str(moved / "ray")
+    assert tune.resume_storage("s3://bucket/qtt", "tune-run", moved) == "s3://bucket/qtt"
+    # written by an older version (absolute), then moved: the folder's own ray/ if it is there
+    (moved / "ray" / "tune-run").mkdir(parents=True)
+    assert tune.resume_storage(str(run / "ray"), "tune-run", moved) == str(moved / "ray")
+    assert tune.resume_storage("/mnt/nfs/qtt", "other", moved) == "/mnt/nfs/qtt"

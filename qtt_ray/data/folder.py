@@ -129,7 +129,9 @@ def _match_pairs(root: Path, warnings: list[str]) -> dict[str, tuple[Path, Path]
     return {stem: (images[stem], masks[stem]) for stem in matched}
 
 
-def _labels_of(mask_file: Path, values: np.ndarray) -> set[int]:
+def mask_labels(mask_file: Path, values: np.ndarray) -> set[int]:
+    """Foreground labels of one mask; 255 beside other labels (anti-aliased edges, an ignore
+    label) is refused, since it would silently become a class of its own."""
     counts = np.bincount(values.ravel(), minlength=256)
     labels = {int(v) for v in np.flatnonzero(counts)} - {0}
     if BINARY_WHITE in labels and len(labels) > 1:
@@ -140,6 +142,27 @@ def _labels_of(mask_file: Path, values: np.ndarray) -> set[int]:
             "or ignore labels"
         )
     return labels
+
+
+def reads_white_as_class_one(labels_by_file: dict[Path, set[int]]) -> bool:
+    """Whether a set of masks is binary 0/255 (255 then reads as class 1). One folder must use
+    one encoding: 255 in some masks and class indices in others is refused, because no single
+    reading gives both the same classes."""
+    all_labels = set().union(*labels_by_file.values())
+    binary = all_labels == {BINARY_WHITE}
+    if BINARY_WHITE in all_labels and not binary:
+        first = next(file for file, labels in labels_by_file.items() if BINARY_WHITE in labels)
+        raise DataError(
+            f"mask {first} uses 255 while other masks use labels "
+            f"{sorted(all_labels - {BINARY_WHITE})[:6]}: use one encoding, class indices 0..K "
+            "(0/255 only for binary datasets)"
+        )
+    return binary
+
+
+def class_indices(mask: np.ndarray, binary_white: bool) -> np.ndarray:
+    """A mask as class indices 0..K: binary 0/255 masks become 0/1."""
+    return (mask == BINARY_WHITE).astype(np.uint8) if binary_white else mask
 
 
 def check_image_size(path: Path, size: tuple[int, int]) -> None:
@@ -168,7 +191,7 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
                     f"{image_file.name} is {image_size[0]}x{image_size[1]}: masks must have "
                     "their image's size"
                 )
-            labels_by_stem[stem] = _labels_of(mask_file, read_mask(mask_file))
+            labels_by_stem[stem] = mask_labels(mask_file, read_mask(mask_file))
         except CorruptFileError as error:
             warn(warnings, f"skipped unreadable or corrupt file {error}")
             continue
@@ -178,15 +201,10 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
         raise DataError(f"{root}: every image/mask pair is unreadable; check the files")
 
     all_labels = set().union(*labels_by_stem.values())
-    white_is_class_one = all_labels == {BINARY_WHITE}
-    if BINARY_WHITE in all_labels and not white_is_class_one:
-        first = next(s for s, labels in labels_by_stem.items() if BINARY_WHITE in labels)
-        raise DataError(
-            f"mask {pairs[first][1]} uses 255 while other masks use labels "
-            f"{sorted(all_labels - {BINARY_WHITE})[:6]}: use one encoding, class indices 0..K "
-            "(0/255 only for binary datasets)"
-        )
-    num_classes = 1 if white_is_class_one else max(all_labels, default=0)
+    binary = reads_white_as_class_one(
+        {pairs[stem][1]: labels for stem, labels in labels_by_stem.items()}
+    )
+    num_classes = 1 if binary else max(all_labels, default=0)
     if num_classes == 0:
         raise DataError(f"{root}: every mask is empty (all 0): masks need foreground classes 1..K")
     if num_classes > 2 and len(all_labels) * 2 < num_classes:
@@ -204,7 +222,7 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
             "training and evaluation skip them",
         )
     num_channels = 1 if modes <= GRAYSCALE_MODES else 3
-    return FolderScan(root, pairs, num_classes, num_channels, white_is_class_one, empty)
+    return FolderScan(root, pairs, num_classes, num_channels, binary, empty)
 
 
 def load_samples(
@@ -225,7 +243,6 @@ def load_samples(
             warn(warnings, f"skipped unreadable or corrupt file {error}")
             corrupt += 1
             continue
-        if scan.white_is_class_one:
-            mask = (mask == BINARY_WHITE).astype(np.uint8)
-        samples.append(Sample(stem=stem, image=image, mask=mask))
+        samples.append(Sample(stem=stem, image=image,
+                              mask=class_indices(mask, scan.white_is_class_one)))
     return samples, corrupt

@@ -75,6 +75,23 @@ def _load_demo(
     )
 
 
+def _require_foreground(
+    source: str, train: list[Sample], val: list[Sample], chosen: int, seed: int
+) -> None:
+    """Refuse a split whose validation (or training) images are all background: every score
+    would be 0 (or nothing would train), and tuning would still pick a "best" among zeros."""
+    for part, split, consequence in (
+        ("validation", val, "every configuration would score 0"),
+        ("training", train, "there is nothing to train on"),
+    ):
+        if not any(sample.classes_present for sample in split):
+            raise DataError(
+                f"{source}: all {len(split)} {part} image(s) of the {chosen} chosen (data seed "
+                f"{seed}) have empty masks (no foreground), so {consequence}: raise "
+                "--num-images, try another --seed, or add annotated images"
+            )
+
+
 def _warn_unseen_classes(
     name: str, train: list[Sample], val: list[Sample], warnings: list[str]
 ) -> None:
@@ -111,6 +128,7 @@ def _assemble(
     warnings: list[str],
 ) -> SegDataset:
     train, val = split_train_val(samples, val_fraction)
+    _require_foreground(source, train, val, len(samples), seed)
     _warn_unseen_classes(name, train, val, warnings)
     return SegDataset(
         name=name,
