@@ -86,3 +86,34 @@ def fit(
     started = time.monotonic()
     grid = tuner.fit()
     return grid, time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def replay_inputs(tmp_path_factory) -> tuple[Path, Path]:
+    """A synthetic meta-dataset and untrained predictors for ``python -m qtt_ray.tune
+    --replay-*`` runs (replayed curves: every decision deterministic with one slot)."""
+    from qtt_ray.core import untrained_predictors
+    from qtt_ray.meta.schema import write_meta
+
+    folder = tmp_path_factory.mktemp("replay")
+    meta = synthetic_meta(12)
+    write_meta(meta, folder / "meta.parquet")
+    predictors = untrained_predictors(SAM2_SPACE, meta.meta_feature_names).save(folder / "pred")
+    return folder / "meta.parquet", Path(predictors)
+
+
+def replay_args(inputs: tuple[Path, Path], output: Path, time_scale: float) -> list[str]:
+    """``qtt_ray.tune`` options of a 300 s quicktune replay of ``replay_inputs``."""
+    meta, predictors = inputs
+    return ["--replay-meta", str(meta), "--replay-dataset", "synthetic", "--predictors",
+            str(predictors), "--searcher", "quicktune", "--budget", "300", "--output",
+            str(output), "--replay-time-scale", str(time_scale)]
+
+
+def replay_curves(output: Path) -> dict[str, list[float]]:
+    """Per configuration, the IoU of every epoch a run trained (from its results.json)."""
+    from qtt_ray.results import read_results
+    from qtt_ray.space import config_key
+
+    results = read_results(output / "results.json")
+    return {config_key(t.config): [round(v, 9) for v in t.iou] for t in results.trials}

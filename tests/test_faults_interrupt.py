@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from ray_fixtures import synthetic_meta
+from ray_fixtures import replay_args, replay_inputs  # noqa: F401
+from ray_fixtures import replay_curves as curves
 
-from qtt_ray.core import untrained_predictors
-from qtt_ray.meta.schema import write_meta
 from qtt_ray.results import read_results
-from qtt_ray.space import SAM2_SPACE, config_key
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = [sys.executable, "-m", "qtt_ray.tune"]
@@ -30,29 +28,7 @@ EPOCHS = re.compile(r"\| (\d+) epochs? \|")
 
 
 @pytest.fixture(scope="module")
-def replay_inputs(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("replay")
-    meta = synthetic_meta(12)
-    write_meta(meta, folder / "meta.parquet")
-    predictors = untrained_predictors(SAM2_SPACE, meta.meta_feature_names).save(folder / "pred")
-    return folder / "meta.parquet", Path(predictors)
-
-
-def replay_args(inputs: tuple[Path, Path], output: Path, time_scale: float) -> list[str]:
-    meta, predictors = inputs
-    return ["--replay-meta", str(meta), "--replay-dataset", "synthetic", "--predictors",
-            str(predictors), "--searcher", "quicktune", "--budget", "300", "--output",
-            str(output), "--replay-time-scale", str(time_scale)]
-
-
-def curves(output: Path) -> dict[str, list[float]]:
-    """Per configuration, the IoU of every epoch it trained."""
-    results = read_results(output / "results.json")
-    return {config_key(t.config): [round(v, 9) for v in t.iou] for t in results.trials}
-
-
-@pytest.fixture(scope="module")
-def reference_curves(replay_inputs, tmp_path_factory) -> dict[str, list[float]]:
+def reference_curves(replay_inputs, tmp_path_factory) -> dict[str, list[float]]:  # noqa: F811
     """The curves of the same run, uninterrupted."""
     reference = tmp_path_factory.mktemp("reference") / "run"
     done = subprocess.run([*PROG, *replay_args(replay_inputs, reference, 0.0), "--quiet"],
@@ -72,7 +48,7 @@ def mlflow_statuses(output: Path) -> tuple[list[str], list[str]]:
 
 @pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
-    replay_inputs, reference_curves, tmp_path
+    replay_inputs, reference_curves, tmp_path  # noqa: F811
 ) -> None:
     output = tmp_path / "interrupted"
     proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
@@ -125,7 +101,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
 
 @pytest.mark.slow
 def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
-    replay_inputs, reference_curves, tmp_path
+    replay_inputs, reference_curves, tmp_path  # noqa: F811
 ) -> None:
     """Ctrl-C after 6 epochs lands between a result and its pause checkpoint. On resume Tune
     paused the catch-up trial although the controller answered CONTINUE, and the resumed run
@@ -149,7 +125,7 @@ def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
     assert curves(output) == reference_curves
 
 
-def test_resume_refuses_another_dataset_or_model(replay_inputs, tmp_path, capsys) -> None:
+def test_resume_refuses_another_dataset_or_model(tmp_path, capsys) -> None:
     from qtt_ray import tune
 
     output = tmp_path / "run"

@@ -30,7 +30,15 @@ class FreezeThawScheduler(TrialScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
         self._trials[trial.trial_id] = trial
-        if trial.status != Trial.PENDING or self.controller.is_in_flight(trial.trial_id):
+        if trial.status != Trial.PENDING:
+            return
+        if self.controller.is_in_flight(trial.trial_id):
+            # Tune may hand a cached actor to a pending trial it has not staged yet
+            # (TuneController._maybe_add_actors, step 3, Ray 2.60) and so before it set the
+            # trial's folder; the actor's reset then failed ("Cannot access
+            # trial_working_directory without setting trial_dir_name") and the whole run with
+            # it. Seen with 3+ slots and fast steps.
+            trial.init_local_path()
             return
         # Tuner.restore re-queues paused trials as PENDING, which Tune would start all at once
         # and without asking anyone. Before Tune files the trial by its status, put it back to
