@@ -108,21 +108,45 @@ def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
     spun forever (e14e05f, twice). Then it finished but trained other epochs (3fc6b71): the
     given-back decision was re-made with the adaptation started after it."""
     output = tmp_path / "interrupted"
-    proc = subprocess.Popen([*PROG, *replay_args(replay_inputs, output, 0.03)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        match = EPOCHS.search(line)
-        if match and int(match.group(1)) >= 6:
-            break
-    proc.send_signal(signal.SIGINT)
-    proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    ctrl_c_after(replay_args(replay_inputs, output, 0.03), 6)
     resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert read_results(output / "results.json").extra["interruptions"] == 1
     assert curves(output) == reference_curves
+
+
+def ctrl_c_after(argv: list[str], epochs: int) -> None:
+    """Start ``qtt_ray.tune`` with ``argv`` and send SIGINT once ``epochs`` epochs are done."""
+    proc = subprocess.Popen([*PROG, *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        match = EPOCHS.search(line)
+        if match and int(match.group(1)) >= epochs:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.stderr.read()
+    assert proc.wait(timeout=60) == 130
+
+
+@pytest.mark.slow
+def test_asha_resumes_with_its_rungs(replay_inputs, tmp_path) -> None:  # noqa: F811
+    """Tune does not save schedulers: a resumed ASHA started with empty rungs and stopped
+    trials the uninterrupted run kept (51 epochs in all before, 32 after)."""
+    def asha(output: Path, time_scale: float) -> list[str]:
+        return [*replay_args(replay_inputs, output, time_scale), "--searcher", "asha"]
+
+    reference = tmp_path / "reference"
+    done = subprocess.run([*PROG, *asha(reference, 0.0), "--quiet"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = tmp_path / "interrupted"
+    ctrl_c_after(asha(output, 0.03), 8)
+    resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert curves(output) == curves(reference)
 
 
 def test_resume_refuses_another_dataset_or_model(tmp_path, capsys) -> None:

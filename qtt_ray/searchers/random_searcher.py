@@ -1,6 +1,8 @@
 """Random search over the space (full training of every configuration): the simplest baseline.
 
-Seeded and stateful in JSON, so an interrupted experiment resumes the same sample stream.
+Seeded and stateful in JSON, so an interrupted experiment resumes the same sample stream. Tune
+checkpoints the searcher but never the scheduler, so the searcher also carries the state of a
+scheduler that has some (``scheduler``: ASHA's rungs, see ``qtt_ray.searchers.asha``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RandomSearcher(AcceptsSearchProperties, Searcher):
         metric: str = "iou",
         mode: str = "max",
         pool: list[Config] | None = None,
+        scheduler: Any = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.space = space
@@ -37,6 +40,7 @@ class RandomSearcher(AcceptsSearchProperties, Searcher):
         self._drawn = 0  # how many samples were drawn, so a restore replays the stream
         self._seen: set[str] = set()
         self._rng = np.random.default_rng(self.seed)
+        self.scheduler = scheduler  # None, or has state_dict / load_state_dict
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if self.pool is not None:
@@ -62,7 +66,10 @@ class RandomSearcher(AcceptsSearchProperties, Searcher):
         """Random search learns nothing from results."""
 
     def get_state(self) -> dict[str, Any]:
-        return {"seed": self.seed, "drawn": self._drawn, "seen": sorted(self._seen)}
+        state = {"seed": self.seed, "drawn": self._drawn, "seen": sorted(self._seen)}
+        if self.scheduler is not None:
+            state["scheduler"] = self.scheduler.state_dict()
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.seed = int(state["seed"])
@@ -71,6 +78,8 @@ class RandomSearcher(AcceptsSearchProperties, Searcher):
             self.space.sample(self._rng)
         self._drawn = int(state["drawn"])
         self._seen = set(state["seen"])
+        if self.scheduler is not None and "scheduler" in state:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps(self.get_state()))

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from qtt_ray.core.protocol import Optimizer
+from qtt_ray.searchers.asha import ResumableASHA
 from qtt_ray.searchers.clock import BudgetClock
 from qtt_ray.searchers.controller import FreezeThawController
 from qtt_ray.searchers.freeze_thaw_scheduler import FreezeThawScheduler
@@ -67,14 +68,14 @@ def make_search(
         # no Tune stop criterion: the controller stops trials at max_epochs itself
         return SearchSetup(name, searcher, FreezeThawScheduler(controller), {}, controller)
     stop = {"training_iteration": max_epochs}
-    sampler = ConcurrencyLimiter(
-        RandomSearcher(space, seed=seed, metric=metric, pool=pool), slots
-    )
     if name == "random":
-        return SearchSetup(name, sampler, FIFOScheduler(), stop)
+        sampler = RandomSearcher(space, seed=seed, metric=metric, pool=pool)
+        return SearchSetup(name, ConcurrencyLimiter(sampler, slots), FIFOScheduler(), stop)
     if name == "asha":
-        asha = ASHAScheduler(
+        asha = ResumableASHA(
             time_attr="training_iteration", grace_period=1, max_t=max_epochs, reduction_factor=3
         )
-        return SearchSetup(name, sampler, asha, stop)
+        # the searcher's checkpoint carries the rungs (Tune does not save schedulers)
+        sampler = RandomSearcher(space, seed=seed, metric=metric, pool=pool, scheduler=asha)
+        return SearchSetup(name, ConcurrencyLimiter(sampler, slots), asha, stop)
     raise ValueError(f"unknown searcher {name!r}; choose one of {', '.join(SEARCHERS)}")
