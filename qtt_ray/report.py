@@ -94,6 +94,10 @@ def _time_table(results: Results) -> list[str]:
         row("total", total),
     ]
     lines = _table(("phase", "seconds", "share"), rows)
+    slots = int(results.extra.get("slots", 1))
+    if slots > 1:
+        lines += ["", f"{slots} trials ran at once: the tuning rows are per slot (the slots' "
+                  f"{_seconds(slots * results.train_s)} of trial steps divided by {slots})."]
     used = results.elapsed_s / results.budget_s if results.budget_s > 0 else float("nan")
     lines += ["", f"Tuning took {_seconds(results.elapsed_s)} of the {_seconds(results.budget_s)} "
               f"budget ({_percent(used)})."]

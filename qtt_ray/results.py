@@ -3,8 +3,9 @@
 Written by ``python -m qtt_ray.tune`` into its output folder, logged to MLflow, read by
 ``python -m qtt_ray.compare``. Times: ``budget_s`` is what the user asked for; ``elapsed_s`` is the
 tuning phase's wall clock (``train_s`` inside trial steps + ``overhead_s`` for everything else:
-scheduling, decisions, checkpoints, actor start-up); ``startup_s`` (Ray start, zero-shot
-evaluation) and ``final_eval_s`` (export and pictures) come on top.
+scheduling, decisions, checkpoints, actor start-up; with several trials at once both are per
+slot, the slots' step seconds divided by ``extra["slots"]``); ``startup_s`` (Ray start,
+zero-shot evaluation), ``shutdown_s`` and ``final_eval_s`` (export and pictures) come on top.
 """
 
 from __future__ import annotations

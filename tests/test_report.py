@@ -143,3 +143,13 @@ def test_validation_grid_of_a_tuned_adapter(tmp_path: Path) -> None:
     width, height = _png_size(path)
     assert width > 1.5 * height  # 4 columns, 2 rows
     assert not math.isnan(tuner.evaluate()["iou"])
+
+
+def test_with_several_slots_the_tuning_rows_say_they_are_per_slot(tmp_path: Path) -> None:
+    several = results()
+    several.extra["slots"] = 2
+    write_results(tmp_path / RESULTS_FILE, several)
+    text = write_report(tmp_path).read_text()
+    assert "2 trials ran at once: the tuning rows are per slot (the slots' 119.0 s" in text
+    write_results(tmp_path / RESULTS_FILE, results())
+    assert "trials ran at once" not in write_report(tmp_path).read_text()
