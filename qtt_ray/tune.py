@@ -309,6 +309,14 @@ def check_resume_options(saved: dict[str, Any], given: set[str],
                          args: argparse.Namespace) -> None:
     """--resume continues the saved run: options that define it may not change."""
     options = saved.get("options", {})
+    for dest, key, unit in (("budget", "budget_s", " s"), ("max_concurrent", "slots", "")):
+        if dest in given and key in saved and getattr(args, dest) != saved[key]:
+            flag = "--" + dest.replace("_", "-")
+            raise CliError(
+                f"--resume {args.resume} continues with its own {flag} ({saved[key]:g}{unit}; "
+                f"the policy planned for it); drop {flag} to resume, or start a new run with "
+                "--output"
+            )
     for dest in RESUME_FIXED:
         if dest in given and dest in options and getattr(args, dest) != options[dest]:
             flag = "--" + dest.replace("_", "-")

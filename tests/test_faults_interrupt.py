@@ -155,9 +155,13 @@ def test_resume_refuses_another_dataset_or_model(tmp_path, capsys) -> None:
     output = tmp_path / "run"
     output.mkdir()
     (output / "run.json").write_text(json.dumps({
-        "settings": {}, "searcher": "random", "budget_s": 10, "storage": str(tmp_path),
+        "settings": {}, "searcher": "random", "budget_s": 10, "slots": 1,
+        "storage": str(tmp_path),
         "experiment": "x", "options": {"data": "/data/a", "model": "micro"}}))
-    for option, value in (("--data", "/data/b"), ("--model", "tiny")):
+    for option, value in (("--data", "/data/b"), ("--model", "tiny"), ("--budget", "30"),
+                          ("--max-concurrent", "2")):
         code = tune.main(["--resume", str(output), option, value])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and option in err[-1] and "--resume" in err[-1]
+    code = tune.main(["--resume", str(output), "--budget", "10"])  # the same value is fine
+    assert "--budget" not in capsys.readouterr().err
