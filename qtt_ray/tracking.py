@@ -231,6 +231,7 @@ class MlflowTracker(Callback):
         self._started_at: float | None = None
         self._logged_epochs = 0
         self._artifacts = True  # see _check_artifact_location
+        self._ended: dict[str, str] = {}  # trial id -> Tune's final status (on_experiment_end)
         # the tuning clock of results.json (TrialRecorder.elapsed: from the first step, plus
         # an interrupted run's seconds); None: seconds since start()
         self.elapsed_clock: Callable[[], float] | None = None
@@ -242,6 +243,10 @@ class MlflowTracker(Callback):
         state["_client"] = None
         state["elapsed_clock"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # defaults for what a tuner.pkl written by an older version lacks
+        self.__dict__.update({"_artifacts": True, "_ended": {}, "elapsed_clock": None, **state})
 
     @property
     def active(self) -> bool:
@@ -383,16 +388,9 @@ class MlflowTracker(Callback):
         self._end_child(trial.trial_id, "FAILED", final=True)
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        """Every trial's run ends as Tune ended the trial, the status results.json reports
-        (``TrialRecorder.on_experiment_end``): TERMINATED -> FINISHED (also a trial the
-        budget cut or left paused: Tune terminates those without on_trial_complete; its epoch
-        count says how far it got), ERROR -> FAILED, anything else KILLED. Runs ended KILLED
-        by an interruption get their final status here after the resume."""
-        for trial in trials:
-            status = RUN_STATUS.get(str(trial.status), "KILLED")
-            self._end_child(trial.trial_id, status, final=True)
-        for trial_id in list(self.child_runs):  # trials Tune no longer lists
-            self._end_child(trial_id, "KILLED")
+        """Remember how Tune ended each trial; ``close`` ends the runs (a Ctrl-C also ends the
+        experiment, and Tune then terminates the paused trials too)."""
+        self._ended = {trial.trial_id: str(trial.status) for trial in trials}
 
     def _end_child(self, trial_id: str, status: str, final: bool = False) -> None:
         """``final``: Tune says how the trial ended, which overrides the KILLED an interruption
@@ -448,9 +446,18 @@ class MlflowTracker(Callback):
             self._call("log_artifact", self.parent_run_id, str(path))
 
     def close(self, status: str = "FINISHED") -> None:
-        """End every child still open as KILLED, then the parent with ``status``."""
+        """End the children, then the parent with ``status``. After a finished run each
+        trial's run ends as Tune ended the trial, the status results.json reports:
+        TERMINATED -> FINISHED (also a trial the budget cut or left paused: Tune terminates
+        those without on_trial_complete; its epoch count says how far it got), ERROR -> FAILED,
+        anything else KILLED; this also settles runs an interruption had ended KILLED. After
+        an interruption every open child ends KILLED."""
         for trial_id in list(self.child_runs):
-            self._end_child(trial_id, "KILLED")
+            ended = self._ended.get(trial_id) if status == "FINISHED" else None
+            if ended is None:
+                self._end_child(trial_id, "KILLED")
+            else:
+                self._end_child(trial_id, RUN_STATUS.get(ended, "KILLED"), final=True)
         if self.active:
             self._call("set_terminated", self.parent_run_id, status=status)
 

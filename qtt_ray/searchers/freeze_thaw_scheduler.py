@@ -38,7 +38,8 @@ class FreezeThawScheduler(TrialScheduler):
             # trial's folder; the actor's reset then failed ("Cannot access
             # trial_working_directory without setting trial_dir_name") and the whole run with
             # it. Seen with 3+ slots and fast steps.
-            trial.init_local_path()
+            if trial.storage is not None:  # (None only for stub trials)
+                trial.init_local_path()
             return
         # Tuner.restore re-queues paused trials as PENDING, which Tune would start all at once
         # and without asking anyone. Before Tune files the trial by its status, put it back to
