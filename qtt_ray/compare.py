@@ -122,14 +122,30 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
     for run in runs:
         if "mlflow.parentRunId" in run.data.tags:
             continue  # a trial's child run
-        history = client.get_metric_history(run.info.run_id, "best_iou_over_time")
-        timeline = [(float(m.step), float(m.value)) for m in history]
+        timeline = _timeline_from_artifact(client, run.info.run_id)
+        if timeline is None:  # the metric's steps are whole seconds
+            history = client.get_metric_history(run.info.run_id, "best_iou_over_time")
+            timeline = [(float(m.step), float(m.value)) for m in history]
         metrics, tags = run.data.metrics, run.data.tags
         rows.append(Row(run.info.run_name or run.info.run_id, tags.get("searcher", "?"),
                         tags.get("dataset", "?"), float(tags.get("budget_s", "nan")),
                         metrics.get("zero_shot_iou"), metrics.get("best_iou"),
                         time_to_fraction(timeline), timeline))
     return rows
+
+
+def _timeline_from_artifact(client, run_id: str) -> Timeline | None:  # noqa: ANN001
+    """The exact timeline from the run's results.json artifact, as the folder view reads it
+    (None when the run has no such artifact, e.g. a run folder that moved)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(run_id, RESULTS_FILE, folder)
+            saved = read_results(Path(path)).extra.get("timeline")
+    except Exception:  # no artifact, unreachable store, foreign file: use the metric instead
+        return None
+    return [(float(a), float(b)) for a, b in saved] if saved else None
 
 
 def print_rows(rows: list[Row]) -> None:

@@ -153,3 +153,28 @@ def test_with_several_slots_the_tuning_rows_say_they_are_per_slot(tmp_path: Path
     assert "2 trials ran at once: the tuning rows are per slot (the slots' 119.0 s" in text
     write_results(tmp_path / RESULTS_FILE, results())
     assert "trials ran at once" not in write_report(tmp_path).read_text()
+
+
+def test_compare_reads_the_same_numbers_from_mlflow_as_from_the_folders(tmp_path: Path) -> None:
+    """The MLflow view takes the timeline from the results.json artifact: the metric's steps
+    are whole seconds, which turned a t95 of 0.3 s into 0.0."""
+    from qtt_ray.compare import rows_from_folders, rows_from_mlflow
+    from qtt_ray.tracking import MlflowTracker
+
+    run = tmp_path / "runs" / "a"
+    run.mkdir(parents=True)
+    summary = results()
+    summary.extra["timeline"] = [[0.3, 0.45], [1.7, 0.6], [2.2, 0.61]]
+    path = write_results(run / RESULTS_FILE, summary)
+    uri = f"sqlite:///{run / 'mlflow.db'}"
+    tracker = MlflowTracker(uri, "qtt-ray", "a", {"searcher": "quicktune", "dataset": "demo",
+                                                  "budget_s": "90"})
+    tracker.start()
+    tracker.log_summary({"best_iou": 0.61, "zero_shot_iou": 0.41}, {})
+    tracker.log_timeline([tuple(point) for point in summary.extra["timeline"]])
+    tracker.log_artifact(path)
+    tracker.close("FINISHED")
+    (folder_row,), (mlflow_row,) = rows_from_folders(tmp_path / "runs"), rows_from_mlflow(
+        uri, "qtt-ray")
+    assert folder_row.time_to_95_s == mlflow_row.time_to_95_s == 1.7
+    assert folder_row.best_iou == mlflow_row.best_iou

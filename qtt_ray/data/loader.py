@@ -88,7 +88,7 @@ def _require_foreground(
             raise DataError(
                 f"{source}: all {len(split)} {part} image(s) of the {chosen} chosen (data seed "
                 f"{seed}) have empty masks (no foreground), so {consequence}: raise "
-                "--num-images, try another --seed, or add annotated images"
+                "--num-images, try another data seed, or add annotated images"
             )
 
 
