@@ -38,6 +38,6 @@ class ResumableASHA(ASHAScheduler):
                 raise ValueError(f"ASHA state has other milestones than {milestones}")
             bracket._rungs = [
                 (milestone, {str(trial): float(score) for trial, score in recorded.items()})
-                for milestone, recorded in zip(milestones, (r for _, r in rungs), strict=True)
+                for milestone, (_, recorded) in zip(milestones, rungs, strict=True)
             ]
         self._num_stopped = int(state["num_stopped"])
