@@ -27,6 +27,7 @@ demo: install
 
 test: install
 	$(PY) -m ruff check qtt_ray tests scripts
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: install  # the headline replay (README "Benchmarks"); ~10 min on 2 cores
@@ -35,6 +36,7 @@ bench: install  # the headline replay (README "Benchmarks"); ~10 min on 2 cores
 
 lint: install
 	$(PY) -m ruff check qtt_ray tests scripts
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info

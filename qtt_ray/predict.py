@@ -247,9 +247,10 @@ def predict_folder(
                   size)
         for stem in stems
     ]
-    prompted = [job for job in jobs if job.example is not None]
-    logits = example_logits(loaded.model, [j.example for j in prompted], device, batch_size)
-    logits_of = {job.stem: lg for job, lg in zip(prompted, logits, strict=True)}
+    prompted = [(job.stem, job.example) for job in jobs if job.example is not None]
+    logits = example_logits(loaded.model, [example for _, example in prompted], device,
+                            batch_size)
+    logits_of = {stem: lg for (stem, _), lg in zip(prompted, logits, strict=True)}
 
     out_dir = Path(out)
     overall, overall_full = IoUAccumulator(), IoUAccumulator()

@@ -19,7 +19,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol
 
 from ray.tune import Callback
 from ray.tune.experiment import Trial
@@ -27,6 +27,16 @@ from ray.tune.experiment import Trial
 from qtt_ray.searchers.clock import step_seconds
 
 TICK_S = 1.0  # how often a terminal line is redrawn between events
+
+
+class TextStream(Protocol):
+    """What the line writes to: a terminal, a file, or the placeholder of a pickled callback."""
+
+    def write(self, text: str) -> int: ...
+
+    def flush(self) -> None: ...
+
+    def isatty(self) -> bool: ...
 
 
 @dataclass
@@ -56,7 +66,7 @@ class ProgressLine:
         self,
         budget_s: float,
         zero_shot_iou: float | None = None,
-        stream: TextIO | None = None,
+        stream: TextStream | None = None,
         quiet: bool = False,
         is_tty: bool | None = None,
         width: int | None = None,
@@ -135,7 +145,7 @@ class ProgressLine:
         return shutil.get_terminal_size((100, 20)).columns
 
 
-def _isatty(stream: TextIO) -> bool:
+def _isatty(stream: TextStream) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
@@ -150,7 +160,7 @@ class ProgressCallback(Callback):
         self,
         budget_s: float,
         zero_shot_iou: float | None = None,
-        stream: TextIO | None = None,
+        stream: TextStream | None = None,
         quiet: bool = False,
         metric: str = "iou",
         spent_before_s: float = 0.0,
@@ -191,7 +201,7 @@ class ProgressCallback(Callback):
         self._last_draw = time.monotonic()
         self.line.update(self.state)
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune passes keywords
         self._draw()  # the clock stands at the time already spent while workers start up
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:

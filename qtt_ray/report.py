@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
 from qtt_ray.results import RESULTS_FILE, Results, read_results
@@ -124,14 +125,14 @@ def _trial_table(results: Results) -> list[str]:
     return lines
 
 
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     def cells(values: tuple[str, ...]) -> str:
         return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
 
     return [cells(header), "|" + "|".join("---" for _ in header) + "|", *map(cells, rows)]
 
 
-def _finite(value: float | None) -> bool:
+def _finite(value: float | None) -> TypeGuard[float]:
     return value is not None and math.isfinite(value)
 
 

@@ -88,7 +88,7 @@ class TrialRecorder(Callback):
         end = min(fit_end, max(last, deadline))
         return max(0.0, end - self.first_step_at), max(0.0, fit_end - end)
 
-    def setup(self, **info: Any) -> None:
+    def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune passes keywords
         if self.started_at is None:
             self.started_at = time.monotonic()
 
@@ -118,10 +118,10 @@ class TrialRecorder(Callback):
             if self.started_at is not None:
                 self.first_step_at = max(self.first_step_at, self.started_at)
         value = _float(result.get(self.metric))
-        iteration = result.get("training_iteration")
-        if iteration is not None and int(iteration) <= record.epochs:
+        epoch = result.get("training_iteration")
+        if epoch is not None and int(epoch) <= record.epochs:
             # a trial restarted from an older checkpoint re-trains epochs: keep the newest
-            keep = int(iteration) - 1
+            keep = int(epoch) - 1
             del record.iou[keep:], record.epoch_s[keep:], record.train_s[keep:]
         record.iou.append(value)
         record.epoch_s.append(_float(result.get("epoch_s", result.get("time_this_iter_s"))))
@@ -315,7 +315,7 @@ class MlflowTracker(Callback):
             return None
 
     # -- Tune hooks -------------------------------------------------------------------------
-    def setup(self, **info: Any) -> None:
+    def setup(self, **info: Any) -> None:  # type: ignore[override]  # Tune passes keywords
         self.start()
 
     def _child(self, trial: Trial) -> str | None:

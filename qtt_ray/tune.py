@@ -200,7 +200,7 @@ def make_quicktune_policy(
     from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE
 
     predictors, features = load_predictors_for(predictors_dir, meta_features)
-    bounds = {"adapt_time_s": None} if replay else {}
+    bounds: dict[str, Any] = {"adapt_time_s": None} if replay else {}
     return QuickTunePolicy(SAM2_SPACE, pool, features, predictors,
                            max_epochs=MAX_EPOCHS, seed=seed, **bounds)
 
@@ -634,7 +634,12 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
         path = f"{prep.storage.rstrip('/')}/{prep.experiment}"
         tuner = tune.Tuner.restore(path, trainable=trainable,
                                    resume_unfinished=True, resume_errored=False)
-        callbacks = tuner._local_tuner.get_run_config().callbacks or []
+        local = tuner._local_tuner
+        if local is None:  # a Ray Client (ray://) connection runs the Tuner remotely
+            raise CliError("--resume: the experiment is restored on the Ray Client's server, "
+                           "where it cannot be re-pointed; run the resume on the cluster's head "
+                           "node (--address auto)")
+        callbacks = local.get_run_config().callbacks or []
         recorder = next(c for c in callbacks if isinstance(c, TrialRecorder))
         tracker = next((c for c in callbacks if isinstance(c, MlflowTracker)), None)
         if tracker is not None and prep.saved and prep.saved.get("mlflow_parent"):
@@ -646,14 +651,14 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
                 # the run folder moved or was copied: its own database, not the original's
                 tracker.tracking_uri = default_mlflow_uri(prep.output)
                 tracker.tags["output"] = str(prep.output)
-        search_alg = tuner._local_tuner._tune_config.search_alg
+        search_alg = local._tune_config.search_alg
         controller = getattr(search_alg, "controller", None)
         if "://" not in prep.storage and isinstance(search_alg, Searcher):
             # new trials go to this folder's storage, also when the run folder moved
-            tuner._local_tuner._tune_config.search_alg = RelocatedSearchGenerator(
+            local._tune_config.search_alg = RelocatedSearchGenerator(
                 search_alg, str(Path(prep.storage).resolve().as_posix()))
         # the budget stopper restarts in full: give it what the interrupted run left
-        stopper = find_budget_stopper(tuner._local_tuner.get_run_config().stop)
+        stopper = find_budget_stopper(local.get_run_config().stop)
         if stopper is not None:
             stopper.restart(remaining + (backstop(budget) if controller is not None else 0.0))
         setup = type("Restored", (), {"controller": controller, "name": prep.searcher})()
@@ -680,6 +685,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
                                             quiet=args.quiet), CSVLoggerCallback()]
     if tracker is not None:
         callbacks.append(tracker)
+    time_budget: float | None
     if setup.controller is None:
         time_budget = budget
     else:  # the policy stops itself at the budget; the stopper is a backstop

@@ -66,15 +66,17 @@ class Server:
 
         self.np, self.pd = np, pd
         self.QuickOptimizer, self.PerfPredictor, self.CostPredictor, self.Space = _import_qtt()
-        self.perf = self.cost = None
-        self.optimizer = None
+        # quicktunetool's objects (its own virtualenv: no type information here)
+        self.perf: Any = None
+        self.cost: Any = None
+        self.optimizer: Any = None
         self.columns: list[str] = []
         self.categorical: set[str] = set()
         self.max_fidelity = 0
         self.workdir = Path.cwd()
 
     def frame(self, rows: list[dict[str, Any]]) -> Any:
-        data = {}
+        data: dict[str, list[Any]] = {}
         for column in self.columns:
             values = [row.get(column) for row in rows]
             if column in self.categorical:

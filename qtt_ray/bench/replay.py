@@ -133,7 +133,7 @@ def run_dataset(train: MetaDataset, test: MetaDataset, dataset: str,
     budgets_s = [b * scale for b in settings.budgets]
     horizon = max(budgets_s)
     grid = np.linspace(0, horizon, GRID_POINTS + 1)[1:]
-    records = []
+    records: list[dict[str, Any]] = []
     for episode in episodes_for(train, test, dataset, settings.seeds, settings.pool_size):
         best, worst = pool_range(episode.pool)
         for method in settings.methods:

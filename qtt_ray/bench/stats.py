@@ -45,7 +45,8 @@ def score_gap(best: float, worst: float, incumbent: float | None) -> float:
 
 
 def bootstrap_ci(
-    values: Sequence[float], confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95, resamples: int = 2000,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (seeded, so tables are reproducible)."""
     data = np.asarray(values, dtype=np.float64)

@@ -44,7 +44,7 @@ class CostNetwork(nn.Module):
 
     def __init__(self, spec: FeatureSpec, arch: CostArchitecture) -> None:
         super().__init__()
-        self.widths = (spec.config_width, spec.meta_width, 1)
+        self.widths = [spec.config_width, spec.meta_width, 1]
         self.level = nn.Linear(spec.meta_width, 1)
         width = spec.config_width + 1
         self.net = nn.Sequential(
@@ -175,7 +175,7 @@ def fit_level(
             errors.append(abs(meta_rows[held, columns] @ w + b - levels[held]))
         return float(np.mean(errors))
 
-    best = (loo_error((), 0.0), (), 0.0)
+    best: tuple[float, tuple[int, ...], float] = (loo_error((), 0.0), (), 0.0)
     for size in range(1, min(MAX_LEVEL_FEATURES, width) + 1):
         for columns in itertools.combinations(range(width), size):
             for penalty in penalties:

@@ -106,7 +106,7 @@ class FeatureExtractor(nn.Module):
 
     def __init__(self, spec: FeatureSpec, arch: PerformanceArchitecture) -> None:
         super().__init__()
-        self.widths = (spec.config_width, spec.meta_width, 2 * spec.max_epochs, 1)
+        self.widths = [spec.config_width, spec.meta_width, 2 * spec.max_epochs, 1]
         self.config_net = nn.Sequential(
             nn.Linear(spec.config_width, arch.config_hidden),
             nn.ReLU(),
@@ -270,7 +270,8 @@ class PerformancePredictor:
 
     def parameter_groups(self, lr: float, head_lr: float) -> list[dict[str, Any]]:
         """Network weights at ``lr``; the few GP hyperparameters at the faster ``head_lr``."""
-        head, network = [], []
+        head: list[nn.Parameter] = []
+        network: list[nn.Parameter] = []
         for name, parameter in self.model.named_parameters():
             if name.startswith("prior."):
                 continue

@@ -130,7 +130,7 @@ class QuickTunePolicy:
         score_threshold: float | None = None,
         adapt: bool = True,
         adapt_steps: int = 50,
-        adapt_time_s: float = 0.25,
+        adapt_time_s: float | None = 0.25,
         adapt_share: float | None = 0.03,
         adapt_every: int = 1,
         context_cap: int = 256,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -314,7 +315,7 @@ def _train_cost(
     settings: TrainingSettings,
     max_seconds: float | None,
     verbose: bool,
-) -> tuple[CostPredictor, dict[str, float]]:
+) -> tuple[CostPredictor, dict[str, Any]]:
     rng = np.random.default_rng(seed + 2)
     x, y, owner = _cost_rows(spec, train, settings.cost_max_rows, rng)
     if x.shape[0] == 0:
@@ -330,6 +331,7 @@ def _train_cost(
     network = predictor.network
     with torch.no_grad():
         last = network.net[-1]
+        assert isinstance(last, torch.nn.Linear)
         torch.nn.init.normal_(last.weight, std=0.01, generator=torch.Generator().manual_seed(seed))
         network.level.weight.copy_(torch.as_tensor(weights).reshape(1, -1))
         network.level.bias.fill_(bias)

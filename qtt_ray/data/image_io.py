@@ -51,11 +51,11 @@ def _opened(path: Path) -> Iterator[Image.Image]:
         raise CorruptFileError(f"{path}: {error}") from error
     with handle:
         width, height = handle.size
-        limit = Image.MAX_IMAGE_PIXELS
-        if limit is not None and width * height > limit:
+        max_pixels = Image.MAX_IMAGE_PIXELS
+        if max_pixels is not None and width * height > max_pixels:
             raise DataError(
                 f"{path} is {width}x{height} = {width * height} pixels, above the "
-                f"{limit}-pixel limit (Image.MAX_IMAGE_PIXELS): {_DOWNSCALE_HINT}"
+                f"{max_pixels}-pixel limit (Image.MAX_IMAGE_PIXELS): {_DOWNSCALE_HINT}"
             )
         try:
             yield handle

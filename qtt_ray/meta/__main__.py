@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qtt_ray.cli import CliError, run_cli
 from qtt_ray.space import MAX_EPOCHS
+
+if TYPE_CHECKING:  # imported lazily at run time: a --help stays fast
+    from qtt_ray.core.predictors import Predictors
+    from qtt_ray.meta.train import HoldoutReport
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +95,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     started = False
     if args.address is not None and not ray.is_initialized():
-        ray.init(address=args.address, logging_level="ERROR")
+        ray.init(address=args.address, logging_level=logging.ERROR)
         started = True
     try:
         summary = collect(
@@ -118,7 +124,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     print(f"meta-data: {len(meta.runs)} runs over {len(meta.datasets)} datasets "
           f"({', '.join(meta.datasets)})")
     report: dict[str, object] = {}
-    predictors, holdout_reports = None, []
+    predictors: Predictors | None = None
+    holdout_reports: list[HoldoutReport] = []
     if args.out is not None:
         predictors, holdout_reports = train.fit(meta, args.holdout, args.seed, args.max_seconds)
         if holdout_reports:

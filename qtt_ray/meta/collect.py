@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -223,8 +224,9 @@ def _collect_trainable() -> type:
 
         stage_checkpoints = False  # FIFO without checkpoints; the save below is timed as is
 
-        def setup(self, config: dict[str, Any], settings_by_dataset: dict[str, Any],
-                  epochs: int) -> None:
+        def setup(  # type: ignore[override]  # with_parameters adds the keyword arguments
+            self, config: dict[str, Any], settings_by_dataset: dict[str, Any], epochs: int
+        ) -> None:
             start = time.perf_counter()
             self._settings_by_dataset = settings_by_dataset
             self._epochs = epochs
@@ -237,7 +239,8 @@ def _collect_trainable() -> type:
             start = time.perf_counter()
             if new_config[DATASET_KEY] != self._dataset_name:
                 self.cleanup()
-                self.setup(new_config)  # with_parameters' wrapper passes the settings again
+                # with_parameters' wrapper passes the settings again
+                self.setup(new_config)  # type: ignore[call-arg]
                 self.config = dict(new_config)
                 return True
             ok = super().reset_config(new_config)
@@ -279,7 +282,8 @@ def _pair_searcher(pairs: list[Config]) -> Any:
             super().__init__(metric="iou", mode="max")
             self._queue = list(pairs)
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        # Searcher.FINISHED is a string, which Ray's annotation leaves out
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
             return self._queue.pop(0) if self._queue else Searcher.FINISHED
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -400,7 +404,7 @@ def collect(
         return summary
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, logging_level="ERROR")
+        ray.init(include_dashboard=False, logging_level=logging.ERROR)
     resources = trial_resources(ray_nodes(), gpus_per_trial, cpus_per_trial).request
     trainable = tune.with_resources(
         tune.with_parameters(_collect_trainable(), settings_by_dataset=run_settings,

@@ -32,6 +32,7 @@ from qtt_ray.space import (
     Config,
     Hyperparameter,
     Ordinal,
+    Scale,
     SearchSpace,
     SpaceError,
     Value,
@@ -312,7 +313,7 @@ def _parents_first(names: list[str], conditions: dict[str, Condition]) -> list[s
     return order
 
 
-def _grid_scale(grid: tuple[float, ...]) -> str:
+def _grid_scale(grid: tuple[float, ...]) -> Scale:
     positive = [v for v in grid if v > 0]
     spans_decade = len(positive) >= 2 and positive[-1] / positive[0] >= 10.0
     if len(positive) == len(grid):

@@ -21,7 +21,7 @@ import hashlib
 import json
 import platform
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
@@ -324,7 +324,7 @@ def model_card(
     loo_reports: Sequence[HoldoutReport] | None,
     seed: int,
     command: str,
-    loo_per_seed: dict[int, Sequence[HoldoutReport]] | None = None,
+    loo_per_seed: Mapping[int, Sequence[HoldoutReport]] | None = None,
 ) -> dict[str, Any]:
     trained_on = predictors.summary.get("train_datasets", []) + predictors.summary.get(
         "val_datasets", [])

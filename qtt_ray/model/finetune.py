@@ -147,12 +147,14 @@ class FineTuner:
             if eval_examples is not None
             else prompted_examples(dataset.val, size)
         )
-        shared = (
+        if (
             train_images is not None
             and train_images.dataset is dataset
             and train_images.size == size
-        )
-        self.train_images = train_images if shared else TrainingImages(dataset, size)
+        ):
+            self.train_images = train_images
+        else:
+            self.train_images = TrainingImages(dataset, size)
 
     # -- training ---------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:

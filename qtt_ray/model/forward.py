@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+if TYPE_CHECKING:  # sam2 ships no type information: its modules are Any to mypy
+    from sam2.modeling.sam2_base import SAM2Base
 
 
 class ExampleLike(Protocol):
@@ -77,7 +79,7 @@ def _tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
 
 
 def box_logits(
-    model: nn.Module, images: torch.Tensor, boxes: torch.Tensor, box_image: torch.Tensor
+    model: SAM2Base, images: torch.Tensor, boxes: torch.Tensor, box_image: torch.Tensor
 ) -> torch.Tensor:
     """Mask logits (N, S, S) for N boxes over B images; differentiable end to end."""
     size = images.shape[-2:]

@@ -38,6 +38,8 @@ def step_seconds(result: dict[str, Any]) -> float:
     """Seconds of the step a Tune result reports (the trainable's ``epoch_s``, else Tune's
     ``time_this_iter_s``); NaN when neither is a finite positive number."""
     value = result.get("epoch_s", result.get("time_this_iter_s"))
+    if value is None:
+        return float("nan")
     try:
         seconds = float(value)
     except (TypeError, ValueError):

@@ -36,7 +36,8 @@ class QuickTuneSearcher(AcceptsSearchProperties, Searcher):
         # per policy trial id, extra config entries for the trainable (e.g. a replay "_run_id")
         self.trial_extras = dict(trial_extras or {})
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Searcher.FINISHED is a string, which Ray's annotation leaves out
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         decision = self.controller.start_new(trial_id)
         if decision is not None:
             extras = self.trial_extras.get(decision.trial_id, {})

@@ -42,7 +42,8 @@ class RandomSearcher(AcceptsSearchProperties, Searcher):
         self._rng = np.random.default_rng(self.seed)
         self.scheduler = scheduler  # None, or has state_dict / load_state_dict
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    # Searcher.FINISHED is a string, which Ray's annotation leaves out
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.pool is not None:
             order = np.random.default_rng(self.seed).permutation(len(self.pool))
             if self._drawn >= len(order):

@@ -24,7 +24,7 @@ class RelocatedSearchGenerator(SearchGenerator):
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
-        experiment = self._experiment
+        experiment: Any = self._experiment  # Ray declares it None until restored
         storage = getattr(experiment, "storage", None)
         if storage is None or storage.storage_fs_path == self.storage_fs_path:
             return

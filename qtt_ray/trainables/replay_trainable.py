@@ -113,16 +113,18 @@ class ReplayCurves:
                 raise ReplayError(f"{RUN_ID_KEY}={run_id!r} is not a recorded run")
             return run_id
         hyper = {k: v for k, v in config.items() if not k.startswith("_")}
-        run_id = self.by_key.get(config_key(hyper))
-        if run_id is None:
+        found = self.by_key.get(config_key(hyper))
+        if found is None:
             raise ReplayError(f"no recorded run for configuration {config_key(hyper)}")
-        return run_id
+        return found
 
 
 class ReplayTrainable(tune.Trainable):
     """One ``step()`` = one recorded epoch. Use with ``tune.with_parameters(curves=...)``."""
 
-    def setup(self, config: dict[str, Any], curves: ReplayCurves, time_scale: float = 0.0) -> None:
+    def setup(  # type: ignore[override]  # with_parameters adds the keyword arguments
+        self, config: dict[str, Any], curves: ReplayCurves, time_scale: float = 0.0
+    ) -> None:
         self._curves = curves
         self._time_scale = float(time_scale)
         self._start(config)

@@ -45,7 +45,10 @@ class SAM2Trainable(tune.Trainable):
     # runs do not checkpoint every step turn it off.
     stage_checkpoints = True
 
-    def setup(self, config: dict[str, Any], settings: RunSettings) -> None:
+    # with_parameters adds keyword arguments to Tune's setup(config)
+    def setup(  # type: ignore[override]
+        self, config: dict[str, Any], settings: RunSettings
+    ) -> None:
         self._ahead = AheadOfTime()
         self.settings = settings
         if settings.threads:
@@ -127,7 +130,7 @@ class SAM2Trainable(tune.Trainable):
             self.tuner.save(checkpoint_dir)
         self._count("save", started)
 
-    def load_checkpoint(self, checkpoint: str | Path) -> None:
+    def load_checkpoint(self, checkpoint: str | Path) -> None:  # type: ignore[override]
         started = time.perf_counter()
         self._ahead.discard_staged()  # and waits: the tuner is about to change
         if self._unrestored and self.tuner.epoch == self._iteration:
