@@ -14,6 +14,7 @@ from qtt_ray.bench.peers import (
     Oracle,
     RandomFull,
     RandomOneEpoch,
+    ShortlistProbe,
     ZeroShot,
     ZeroShotModel,
     asha_milestones,
@@ -190,3 +191,34 @@ def test_a_shortlisted_oracle_chooses_only_among_its_shortlist() -> None:
         list(r.scores) for r in runs])} == {0, 2}
     with pytest.raises(BenchError, match="shortlist"):
         Oracle(runs, 4, 0, shortlist=[3])
+
+
+def test_the_shortlist_probe_trains_the_best_probed_configuration_then_the_order() -> None:
+    order = [4, 2, 7, 0, 1]
+    curves = [[0.5] * 10 for _ in CONFIGS]
+    curves[4] = [0.3] + [0.9] * 9  # the forest's first pick: weak first epoch
+    curves[2] = [0.6] * 10  # the best first epoch of the shortlist
+    curves[7] = [0.4, 0.95] + [0.95] * 8
+    opt = ShortlistProbe(CONFIGS, 10, 0, order, shortlist=3, probe_epochs=1)
+    steps = drive(opt, curves, steps=3 + 9 + 9)
+    assert steps[:3] == [(4, 1), (2, 1), (7, 1)]
+    assert steps[3:12] == [(2, e) for e in range(2, 11)]  # the leader trains to the end
+    assert steps[12:] == [(4, e) for e in range(2, 11)]  # then the forest's order
+
+
+def test_the_shortlist_probe_waits_for_a_probe_still_running() -> None:
+    opt = ShortlistProbe(CONFIGS, 10, 0, [0, 1, 2], shortlist=2, probe_epochs=2)
+    first, second = opt.ask(), opt.ask()
+    assert (first.trial_id, second.trial_id) == (0, 1)
+    opt.tell(0, 1, 0.5, 1.0)
+    assert opt.ask().trial_id == 0  # its second probe epoch
+    opt.tell(0, 2, 0.5, 1.0)
+    assert opt.ask() is None  # trial 1 is still probing: no leader yet
+    opt.tell(1, 1, 0.7, 1.0)
+    assert opt.ask().trial_id == 1
+    state = opt.state_dict()
+    copy = ShortlistProbe(CONFIGS, 10, 0, [], shortlist=2, probe_epochs=2)
+    copy.load_state_dict(state)
+    assert copy.order == [0, 1, 2] and copy.curves == opt.curves
+    with pytest.raises(BenchError, match="probe_epochs"):
+        ShortlistProbe(CONFIGS, 10, 0, [0], probe_epochs=10)

@@ -23,6 +23,7 @@ from qtt_ray.bench.peers import (
     Oracle,
     RandomFull,
     RandomOneEpoch,
+    ShortlistProbe,
     ZeroShot,
     ZeroShotModel,
 )
@@ -137,9 +138,19 @@ def _oracle_zero_shot_top(count: int) -> Callable[[Episode, FoldCache], Construc
     """The oracle restricted to the zero-shot regressor's ``count`` top-ranked configurations."""
 
     def factory(ep: Episode, cache: FoldCache) -> Constructor:
-        predicted = cache.zero_shot_model(ep.train, ep.seed).predict(ep.configs, ep.meta_features)
-        shortlist = sorted(range(len(ep.pool)), key=lambda i: (-predicted[i], i))[:count]
+        model = cache.zero_shot_model(ep.train, ep.seed)
+        shortlist = model.ranking(ep.configs, ep.meta_features)[:count]
         return lambda: Oracle(ep.pool, ep.max_epochs, ep.seed, shortlist)
+
+    return factory
+
+
+def _shortlist_probe(shortlist: int, probe_epochs: int
+                     ) -> Callable[[Episode, FoldCache], Constructor]:
+    def factory(ep: Episode, cache: FoldCache) -> Constructor:
+        order = cache.zero_shot_model(ep.train, ep.seed).ranking(ep.configs, ep.meta_features)
+        return lambda: ShortlistProbe(ep.configs, ep.max_epochs, ep.seed, order, shortlist,
+                                      probe_epochs)
 
     return factory
 
@@ -188,6 +199,9 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "asha": _asha,
     "hyperband": _hyperband,
     "zero-shot": _zero_shot,
+    "zero-shot-probe-2x1": _shortlist_probe(2, 1),
+    "zero-shot-probe-3x1": _shortlist_probe(3, 1),
+    "zero-shot-probe-3x2": _shortlist_probe(3, 2),
     "quicktune": _quicktune(meta=True, cost_aware=True),
     "quicktune-no-meta": _quicktune(meta=False, cost_aware=True),
     "quicktune-no-cost": _quicktune(meta=True, cost_aware=False),
@@ -203,7 +217,9 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "oracle-zero-shot-top10": _oracle_zero_shot_top(10),
 }
 BOUNDS = frozenset({"oracle", "oracle-zero-shot-top10"})  # they know the curves: not searchers
-DEFAULT_METHODS = [m for m in METHODS if m not in BOUNDS]
+# ablations of the zero-shot peer, measured once in docs/benchmarks.md: not in the default set
+PROBES = frozenset(m for m in METHODS if m.startswith("zero-shot-probe-"))
+DEFAULT_METHODS = [m for m in METHODS if m not in BOUNDS | PROBES]
 # methods whose decisions use the remaining budget (``ask(remaining_s)``); the others plan the
 # same for any deadline, so one replay serves every budget
 BUDGET_AWARE = frozenset(

@@ -323,15 +323,60 @@ class ZeroShotModel:
         rows = np.stack([self.features(c, meta_features) for c in configs])
         return self.forest.predict(rows)
 
+    def ranking(self, configs: list[Config], meta_features: dict[str, float]) -> list[int]:
+        """Pool indices, best predicted first (ties: pool order)."""
+        predicted = self.predict(configs, meta_features)
+        return sorted(range(len(configs)), key=lambda i: (-predicted[i], i))
+
 
 class ZeroShot(OrderedFull):
     """Trains the pool fully in the order of the zero-shot model's predicted best score."""
 
     def __init__(self, configs: list[Config], max_epochs: int, seed: int,
                  model: ZeroShotModel, meta_features: dict[str, float]) -> None:
-        predicted = model.predict(configs, meta_features)
-        order = sorted(range(len(configs)), key=lambda i: (-predicted[i], i))
-        super().__init__(configs, max_epochs, seed, order)
+        super().__init__(configs, max_epochs, seed, model.ranking(configs, meta_features))
+
+
+class ShortlistProbe(PoolOptimizer):
+    """Looks before it trusts the zero-shot order: the first ``shortlist`` configurations of
+    ``order`` train ``probe_epochs`` each, the one scoring best in those epochs then trains to
+    the end, and the rest of the pool follows fully in ``order``.
+
+    The question it answers: does a short look at the forest's runners-up beat training its
+    first pick straight away (``ZeroShot``)? On the SAM2 curves it does not (docs/benchmarks.md).
+    """
+
+    def __init__(self, configs: list[Config], max_epochs: int, seed: int, order: list[int],
+                 shortlist: int = 3, probe_epochs: int = 1) -> None:
+        super().__init__(configs, max_epochs, seed)
+        if shortlist < 1 or not 1 <= probe_epochs < max_epochs:
+            raise BenchError(f"ShortlistProbe: shortlist={shortlist} must be >= 1 and "
+                             f"probe_epochs={probe_epochs} within 1..{max_epochs - 1}")
+        self.order = [int(i) for i in order]
+        self.shortlist = int(shortlist)
+        self.probe_epochs = int(probe_epochs)
+
+    def _probe_score(self, trial: int) -> float:
+        seen = [v for v in self.curves[trial][: self.probe_epochs] if math.isfinite(v)]
+        return max(seen, default=-math.inf)
+
+    def _choose(self) -> int | None:
+        probes = self.order[: self.shortlist]
+        unprobed = [t for t in probes if len(self.curves[t]) < self.probe_epochs]
+        fresh = next((t for t in unprobed if self.available(t)), None)
+        if fresh is not None:
+            return fresh
+        if any(t in self.running for t in unprobed):
+            return None  # another worker is still probing: the leader is not known yet
+        leader = max(probes, key=lambda t: (self._probe_score(t), -probes.index(t)))
+        ranked = [leader] + [t for t in self.order if t != leader]
+        return next((t for t in ranked if self.available(t)), None)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"order": self.order}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        self.order = [int(i) for i in extra["order"]]
 
 
 class Oracle(OrderedFull):
