@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -106,9 +107,21 @@ def test_load_meta_source_resolves_paths_and_rejects_others(shared_dir: Path,
 
 
 def test_combine_refuses_different_spaces(qttseg, metaalbum) -> None:
-    assert len(combine([qttseg, qttseg]).runs) == 980
     with pytest.raises(MetaSchemaError, match="different search spaces"):
         combine([qttseg, metaalbum])
+
+
+def test_combine_refuses_a_source_twice_and_one_name_with_two_descriptions(qttseg) -> None:
+    with pytest.raises(MetaSchemaError, match=r"run .* is in both a.csv and b.csv; pass each"):
+        combine([qttseg, qttseg], names=["a.csv", "b.csv"])
+    polyp = qttseg.subset(["polyp"])
+    first, second = (dataclasses.replace(polyp, runs=half) for half in
+                     (polyp.runs[:20], polyp.runs[20:]))
+    assert len(combine([first, second]).runs) == 47  # one dataset split over two files
+    other = dataclasses.replace(second, meta_features={
+        "polyp": dict(polyp.meta_features["polyp"], num_samples=9999.0)})
+    with pytest.raises(MetaSchemaError, match="dataset 'polyp' has other meta-features in b"):
+        combine([first, other], "--meta", names=["a", "b"])
 
 
 def broken_csv(shared_dir: Path, tmp_path: Path, edit) -> Path:

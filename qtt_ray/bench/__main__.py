@@ -118,8 +118,9 @@ def replay_main(args: argparse.Namespace, argv: list[str]) -> int:
     from qtt_ray.bench.replay import markdown
 
     settings = settings_from(args)
-    train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta")
-    test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta")
+    train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta",
+                    args.train_meta)
+    test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta", args.test_meta)
             if args.test_meta else None)
     records = run_benchmark(train, test, settings)
     command = "python -m qtt_ray.bench " + shlex.join(argv)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -341,8 +342,16 @@ def load_meta_source(spec: str) -> MetaDataset:
     )
 
 
-def combine(metas: list[MetaDataset], label: str = "--train-meta") -> MetaDataset:
-    """Concatenate meta-datasets that share one search space (e.g. several collected files)."""
+def combine(metas: list[MetaDataset], label: str = "--train-meta",
+            names: Sequence[str] | None = None) -> MetaDataset:
+    """Concatenate meta-datasets that share one search space (e.g. several collected files).
+
+    A run in two sources would count twice, and one dataset name with two descriptions would
+    pair one source's runs with the other's meta-features: both are refused. One dataset split
+    over several sources (same meta-features, other runs) is fine. ``names`` label the sources
+    in messages.
+    """
+    names = [f"source {i + 1}" for i in range(len(metas))] if names is None else list(names)
     first = metas[0]
     for other in metas[1:]:
         if other.space.to_json()["hyperparameters"] != first.space.to_json()["hyperparameters"]:
@@ -352,8 +361,33 @@ def combine(metas: list[MetaDataset], label: str = "--train-meta") -> MetaDatase
             )
         if other.max_epochs != first.max_epochs or other.score_name != first.score_name:
             raise MetaSchemaError(f"{label}: sources differ in score_name or max_epochs")
-    runs = [run for meta in metas for run in meta.runs]
+    owner: dict[str, str] = {}
+    for meta, name in zip(metas, names, strict=True):
+        for run in meta.runs:
+            if run.run_id in owner:
+                raise MetaSchemaError(
+                    f"{label}: run {run.run_id!r} is in both {owner[run.run_id]} and {name}; "
+                    "pass each source once"
+                )
+            owner[run.run_id] = name
     features: dict[str, dict[str, float]] = {}
-    for meta in metas:
-        features.update(meta.meta_features)
+    described_by: dict[str, str] = {}
+    for meta, name in zip(metas, names, strict=True):
+        for dataset, values in meta.meta_features.items():
+            known = features.get(dataset)
+            if known is not None and not _same_features(known, values):
+                raise MetaSchemaError(
+                    f"{label}: dataset {dataset!r} has other meta-features in {name} than in "
+                    f"{described_by[dataset]} (another dataset of the same name, or collected "
+                    "with other --num-images/--data-seed); rename one folder and collect it "
+                    "again, or pass one of the sources"
+                )
+            features[dataset], described_by[dataset] = dict(values), name
+    runs = [run for meta in metas for run in meta.runs]
     return MetaDataset(first.space, runs, features, first.score_name, first.max_epochs)
+
+
+def _same_features(a: dict[str, float], b: dict[str, float]) -> bool:
+    return a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-12) for k in a
+    )

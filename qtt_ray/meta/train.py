@@ -74,7 +74,7 @@ def load_meta_sources(sources: Sequence[str]) -> MetaDataset:
             dataset: {k: v for k, v in features.items() if k in common}
             for dataset, features in meta.meta_features.items()
         }
-    return metas[0] if len(metas) == 1 else combine(metas, label="--meta")
+    return combine(metas, label="--meta", names=[str(source) for source in sources])
 
 
 def check_holdouts(meta: MetaDataset, holdouts: Sequence[str]) -> list[str]:
