@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -21,7 +25,7 @@ from qtt_ray.meta.collect import (
     run_id,
 )
 from qtt_ray.meta.dataset import MetaDataset
-from qtt_ray.meta.schema import append_runs, read_meta
+from qtt_ray.meta.schema import MetaSchemaError, append_runs, read_meta
 from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE, config_key
 
 SETTINGS = {"model": "micro", "image_size": 64, "batch_size": 4}
@@ -145,3 +149,63 @@ def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys
     results = json.loads((output / "results.json").read_text())
     assert results["searcher"] == "quicktune" and results["trials"]
     assert results["best_iou"] is not None
+
+
+def test_a_rerun_with_other_training_settings_is_refused_not_skipped(tmp_path) -> None:
+    out = tmp_path / "meta.parquet"
+    micro64 = ("micro", "64", 4)
+    plans = plan_collection(["demo"], 2, 0, out, num_images=12, data_seed=0, settings=micro64)
+    run = build_run("demo", plans[0].configs[0], epoch_results(2), "demo", SETTINGS)
+    append_runs(out, MetaDataset(SAM2_SPACE, [run], {"demo": plans[0].meta_features}, "iou",
+                                 MAX_EPOCHS))
+    assert plan_collection(["demo"], 2, 0, out, 12, 0, settings=micro64)[0].skipped == 1
+    for other in (("micro", "128", 4), ("micro", "64", 2), ("facebook/sam2.1-hiera-tiny", "64", 4)):
+        with pytest.raises(MetaSchemaError, match="use the same --model/--image-size/--batch"):
+            plan_collection(["demo"], 2, 0, out, 12, 0, settings=other)
+    # another dataset at another size may join the file, with a note
+    notes: list[str] = []
+    plan_collection(["demo-multiclass"], 1, 0, out, 12, 0, ("micro", "128", 4), notes.append)
+    assert notes == [f"note: {out.name} also holds runs of micro at 64; these are micro at 128 "
+                     "(epoch costs are not comparable across them)"]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, capsys) -> None:
+    base = ["collect", "--data", "demo", "--configs", "1", "--epochs", "1", "--model", "micro"]
+    cases = {
+        str(tmp_path): "is a folder",
+        str(tmp_path / "no" / "m.parquet"): "does not exist",
+    }
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases[str(locked / "m.parquet")] = "cannot write there"
+    for out, message in cases.items():
+        assert main([*base, "--out", out]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    assert main([*base, "--batch-size", "0", "--out", str(tmp_path / "m.parquet")]) == 2
+    assert "--batch-size 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path) -> None:
+    """A Ctrl-C ended the collection with exit code 0 and "added N runs", as if it were done."""
+    out = tmp_path / "meta.parquet"
+    argv = [sys.executable, "-m", "qtt_ray.meta", "collect", "--data", "demo", "--configs", "4",
+            "--epochs", "2", "--model", "micro", "--image-size", "64", "--num-images", "10",
+            "--out", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("[1/4]"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out_text, err = proc.communicate(timeout=120)
+    kept = len(read_meta(out).runs)
+    assert proc.returncode == 130, err[-2000:]
+    assert 1 <= kept < 4
+    assert f"interrupted: {4 - kept} planned runs were not collected; rerun" in err
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"added {4 - kept} runs" in done.stdout and len(read_meta(out).runs) == 4

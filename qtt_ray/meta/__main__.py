@@ -110,6 +110,10 @@ def run_collect(args: argparse.Namespace) -> int:
             ray.shutdown()
     print(f"added {summary.added} runs to {args.out} ({summary.skipped} already there, "
           f"{summary.failed} failed) in {summary.seconds:.0f} s")
+    if summary.missing:
+        print(f"interrupted: {summary.missing} planned runs were not collected; rerun the same "
+              "command to collect them (finished runs are kept)", file=sys.stderr)
+        return 130
     return 1 if summary.failed else 0
 
 

@@ -97,8 +97,33 @@ def recorded_pairs(out: Path) -> set[tuple[str, str]]:
     return {(r.dataset, pair_key(r.config)) for r in meta.runs}
 
 
-def check_output(out: Path, meta_features: dict[str, dict[str, float]]) -> None:
-    """Fail before training if the file cannot take these runs (other space or features)."""
+def check_writable(out: Path) -> None:
+    """Fail before training if the runs could not be written: a finished trial that cannot be
+    recorded is lost."""
+    if out.is_dir():
+        raise CollectError(f"--out {out}: is a folder; give a file name such as "
+                           f"{out / 'meta.parquet'}")
+    if not out.parent.is_dir():
+        raise CollectError(f"--out {out}: the folder {out.parent} does not exist; create it or "
+                           "pass another path")
+    if not os.access(out.parent, os.W_OK | os.X_OK) or (out.exists()
+                                                         and not os.access(out, os.W_OK)):
+        raise CollectError(f"--out {out}: cannot write there; pass a path you can write")
+
+
+def recorded_settings(run: Run) -> tuple[str, str, Any]:
+    """(model, image size, batch size) a collected run was trained with (batch size None for
+    runs of other sources)."""
+    settings = run_details(run).get("settings") or {}
+    return (str(run.provenance.get("model")), str(run.provenance.get("image_size")),
+            settings.get("batch_size"))
+
+
+def check_output(out: Path, meta_features: dict[str, dict[str, float]],
+                 settings: tuple[str, str, Any] | None = None, log: Log | None = None) -> None:
+    """Fail before training if the file cannot take these runs (other space or features, or a
+    dataset recorded with another model, image size or batch size: a rerun would skip its
+    pairs as done although they were trained otherwise)."""
     if not out.exists():
         return
     meta = read_meta(out)
@@ -116,15 +141,36 @@ def check_output(out: Path, meta_features: dict[str, dict[str, float]]) -> None:
                 f"{out}: dataset {name!r} was recorded with other meta-features (other "
                 "--num-images/--data-seed or changed files?); use the same options or another --out"
             )
+    if settings is None:
+        return
+    for name in meta_features:
+        seen = {recorded_settings(r) for r in meta.runs if r.dataset == name}
+        other = next((s for s in seen if s != settings and s[2] is not None), None)
+        if other is not None:
+            raise MetaSchemaError(
+                f"{out}: dataset {name!r} was collected with model {other[0]} at image size "
+                f"{other[1]}, batch size {other[2]} (now {settings[0]}, {settings[1]}, "
+                f"{settings[2]}); a rerun would skip its pairs as done: use the same --model/"
+                "--image-size/--batch-size or another --out"
+            )
+    others = {(s[0], s[1]) for s in map(recorded_settings, meta.runs)} - {settings[:2]}
+    if others and log is not None:
+        listed = ", ".join(f"{m} at {size}" for m, size in sorted(others))
+        log(f"note: {out.name} also holds runs of {listed}; these are {settings[0]} at "
+            f"{settings[1]} (epoch costs are not comparable across them)")
 
 
 def plan_collection(
     sources: Sequence[str], n_configs: int, seed: int, out: Path, num_images: int,
-    data_seed: int,
+    data_seed: int, settings: tuple[str, str, Any] | None = None, log: Log | None = None,
 ) -> list[DatasetPlan]:
-    """Load each dataset once (for its name and meta-features) and list the missing pairs."""
+    """Load each dataset once (for its name and meta-features) and list the missing pairs.
+
+    ``settings``: (model, image size, batch size) of this collection, checked against the
+    runs already in ``out``."""
     if n_configs < 1:
         raise CollectError(f"--configs {n_configs}: collect at least 1 configuration")
+    check_writable(out)
     if not sources:
         raise CollectError("--data: give at least one dataset folder (or 'demo')")
     configs = planned_configs(n_configs, seed)
@@ -136,7 +182,7 @@ def plan_collection(
             f"--data: two sources are both named {duplicate!r}; datasets are identified by "
             "their folder name, rename one"
         )
-    check_output(out, {d.name: dict(d.meta_features) for d in loaded})
+    check_output(out, {d.name: dict(d.meta_features) for d in loaded}, settings, log)
     done = recorded_pairs(out)
     plans = []
     for source, dataset in zip(sources, loaded, strict=True):
@@ -347,6 +393,7 @@ class CollectSummary:
     failed: int
     seconds: float
     per_dataset: dict[str, int] = field(default_factory=dict)  # pairs trained per dataset
+    missing: int = 0  # planned pairs that neither finished nor failed (the run was interrupted)
 
 
 def collect(
@@ -381,13 +428,16 @@ def collect(
             f"--epochs {epochs}: must be 1..{MAX_EPOCHS} (LR schedules are laid out over "
             f"{MAX_EPOCHS} epochs)"
         )
+    if batch_size < 1:
+        raise CollectError(f"--batch-size {batch_size}: must be 1 or more")
     out = Path(out).resolve()
     start = time.perf_counter()
-    plans = {p.name: p for p in plan_collection(sources, n_configs, seed, out, num_images,
-                                                data_seed)}
     base = RunSettings(model=model, checkpoint=checkpoint, image_size=image_size,
                        batch_size=batch_size, num_images=num_images, data_seed=data_seed,
                        seed=seed).pinned()
+    plans = {p.name: p for p in plan_collection(
+        sources, n_configs, seed, out, num_images, data_seed,
+        (str(base.model), str(base.image_size), batch_size), log)}
     run_settings = {name: replace(base, data=plan.source).pinned() for name, plan in plans.items()}
     recorded = {name: {**s.to_json(), "collect_seed": seed, "epochs": epochs}
                 for name, s in run_settings.items()}
@@ -436,5 +486,6 @@ def collect(
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     summary.added, summary.failed = recorder.added, recorder.failed
+    summary.missing = len(pairs) - recorder.added - recorder.failed  # interrupted (Ctrl-C)
     summary.seconds = time.perf_counter() - start
     return summary
