@@ -7,10 +7,12 @@ input. Bugs (anything else) still raise normally.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 
 USAGE_EXIT = 2
+PROBE_S = 3.0  # seconds to wait for a Ray head's port before calling it absent
 
 
 class CliError(ValueError):
@@ -56,3 +58,29 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     return 0 if code is None else int(code)
+
+
+def join_ray_cluster(address: str, **init_kwargs: object) -> None:
+    """``ray.init(address=...)``; no cluster there is one line that says how to start one.
+
+    For ``auto`` Ray raises a ConnectionError with a multi-line hint; for ``host:port`` it
+    retries for minutes, so the port is probed first."""
+    import ray
+
+    host, _, port = address.rpartition(":")
+    if "://" not in address and host and port.isdigit():
+        try:
+            socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+        except OSError as err:
+            raise CliError(
+                f"--address {address}: nothing answers there ({err}); start the head with "
+                "`ray start --head` (or `ray up cluster.yaml`) and pass its address, or drop "
+                "--address to run locally"
+            ) from err
+    try:
+        ray.init(address=address, **init_kwargs)  # type: ignore[arg-type]
+    except ConnectionError as err:
+        raise CliError(
+            f"--address {address}: no Ray cluster found ({one_line(err)}); start one with "
+            "`ray start --head` (or `ray up cluster.yaml`), or drop --address to run locally"
+        ) from err

@@ -19,6 +19,7 @@ from qtt_ray.bench.stats import normalised_regret, pool_range
 from qtt_ray.core import QuickTunePolicy, untrained_predictors
 from qtt_ray.core.protocol import Decision
 from qtt_ray.meta.dataset import MetaDataset, Run
+from qtt_ray.meta.schema import write_meta
 from qtt_ray.space import SAM2_SPACE
 
 CONFIGS = SAM2_SPACE.sample_many(6, seed=0)
@@ -231,3 +232,20 @@ def test_per_budget_horizon_gives_budget_aware_methods_each_deadline(monkeypatch
     full = normalised_regret(best, worst, runs[1].scores[2])  # trial 1 (33 s) by 35 s
     assert regrets("per-budget") == pytest.approx([short, full])
     assert regrets("anytime") == pytest.approx([full, full])
+
+
+def test_a_method_that_cannot_run_is_named_with_its_dataset(tmp_path: Path, capsys) -> None:
+    """One method's failure (here: a probe longer than the 1-epoch curves; in the audit,
+    quicktunetool on a tiny fold) said only the library's words, not which method failed."""
+    rng = np.random.default_rng(0)
+    configs = SAM2_SPACE.sample_many(6, 0)
+    runs = [Run(f"{d}-{i}", d, c, rng.uniform(0.2, 0.8, 1), np.ones(1))
+            for d in ("alpha", "beta") for i, c in enumerate(configs)]
+    features = {"alpha": {"num_samples": 100.0}, "beta": {"num_samples": 300.0}}
+    path = write_meta(MetaDataset(SAM2_SPACE, runs, features, "iou", 1), tmp_path / "m.parquet")
+    argv = ["replay", "--train-meta", str(path), "--seeds", "1", "--budgets", "5",
+            "--methods", "random", "zero-shot-probe-2x1", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "zero-shot-probe-2x1 on alpha (seed 0): ShortlistProbe" in err, err
+    assert "leave the method out of --methods" in err and "\n" not in err

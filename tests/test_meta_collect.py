@@ -9,11 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 from ray_fixtures import ray_session  # noqa: F401
 
+from qtt_ray.cli import CliError, join_ray_cluster
 from qtt_ray.meta.__main__ import main
 from qtt_ray.meta.collect import (
     DATASET_KEY,
@@ -209,3 +211,11 @@ def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path) ->
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"added {4 - kept} runs" in done.stdout and len(read_meta(out).runs) == 4
+
+
+def test_an_address_where_no_ray_head_answers_is_one_line_not_minutes_of_retries() -> None:
+    started = time.monotonic()
+    with pytest.raises(CliError, match=r"--address 127.0.0.1:9: nothing answers there .* drop "
+                                       "--address to run locally"):
+        join_ray_cluster("127.0.0.1:9")
+    assert time.monotonic() - started < 10

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,16 @@ def test_round_trip_is_equal(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_written_file_follows_the_umask_like_any_other(tmp_path: Path) -> None:
+    """mkstemp made every meta-dataset 0600: unreadable to the rest of a team."""
+    old = os.umask(0o022)
+    try:
+        path = write_meta(small_meta(), tmp_path / "meta.parquet")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def rewrite(table: pa.Table, column: str, array: pa.Array) -> pa.Table:
     index = table.column_names.index(column)
     return table.set_column(index, column, array)
@@ -89,6 +101,15 @@ def rewrite(table: pa.Table, column: str, array: pa.Array) -> pa.Table:
         (lambda t: rewrite(t, "hp.lr", pa.array([0.123] * t.num_rows, pa.float64())),
          "lr=0.123 is not one of"),
         (lambda t: rewrite(t, "hp.sched", pa.array(["linear"] * t.num_rows)), "sched='linear'"),
+        (lambda t: rewrite(t, "scores", pa.array(
+            [[100 * v for v in s] for s in t.column("scores").to_pylist()],
+            pa.list_(pa.float64()))), "score outside 0..1"),
+        (lambda t: rewrite(t, "scores", pa.array(
+            [[-0.5] * len(s) for s in t.column("scores").to_pylist()], pa.list_(pa.float64()))),
+         "score outside 0..1"),
+        (lambda t: rewrite(t, "scores", pa.array(
+            [[math.inf] * len(s) for s in t.column("scores").to_pylist()],
+            pa.list_(pa.float64()))), "score outside 0..1"),
     ],
 )
 def test_validation_errors_are_one_line_and_name_file_and_column(mutate, needle: str,

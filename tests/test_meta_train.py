@@ -183,6 +183,33 @@ def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys) -> None:
         assert err.startswith("python -m qtt_ray.meta train: error:") and "\n" not in err
 
 
+def test_too_little_meta_data_is_one_clear_line(tmp_path, capsys) -> None:
+    """All-NaN scores ended in a gpytorch NanError traceback; an empty file blamed --holdout."""
+    meta = synthetic_curves(3)
+    diverged = MetaDataset(SAM2_SPACE, [Run(r.run_id, r.dataset, r.config,
+                                             np.full(10, np.nan), r.costs, r.provenance)
+                                         for r in meta.runs], meta.meta_features, "iou", 10)
+    one_run = meta.subset(["alpha"])
+    one_run.runs = one_run.runs[:1]
+    empty = MetaDataset(SAM2_SPACE, [], {}, "iou", 10)
+    cases = {"diverged": (diverged, "0 run(s) with a finite score"),
+             "one-run": (one_run, "1 run(s) with a finite score"),
+             "empty": (empty, "holds no runs")}
+    for name, (data, needle) in cases.items():
+        path = write_meta(data, tmp_path / f"{name}.parquet")
+        assert main(["train", "--meta", str(path), "--out", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+
+
+def test_one_training_dataset_trains_with_a_warning(tmp_path, capsys) -> None:
+    path = write_meta(synthetic_curves(6).subset(["alpha"]), tmp_path / "one.parquet")
+    assert main(["train", "--meta", str(path), "--out", str(tmp_path / "p"),
+                 "--max-seconds", "3"]) == 0
+    assert "warning: one training dataset, so none is left to validate on" in (
+        capsys.readouterr().out)
+
+
 def test_shipped_predictors_load_and_predict() -> None:
     folder = default_predictors_dir()
     size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())

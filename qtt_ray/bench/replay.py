@@ -137,12 +137,16 @@ def run_dataset(train: MetaDataset, test: MetaDataset, dataset: str,
     for episode in episodes_for(train, test, dataset, settings.seeds, settings.pool_size):
         best, worst = pool_range(episode.pool)
         for method in settings.methods:
-            constructor = METHODS[method](episode, cache)
-            trace = replay(constructor, episode.pool, horizon, settings.rules)
-            traces = [trace] * len(budgets_s)
-            if settings.horizon == "per-budget" and method in BUDGET_AWARE:
-                traces = [replay(constructor, episode.pool, b, settings.rules)
-                          if b < horizon else trace for b in budgets_s]
+            try:
+                constructor = METHODS[method](episode, cache)
+                trace = replay(constructor, episode.pool, horizon, settings.rules)
+                traces = [trace] * len(budgets_s)
+                if settings.horizon == "per-budget" and method in BUDGET_AWARE:
+                    traces = [replay(constructor, episode.pool, b, settings.rules)
+                              if b < horizon else trace for b in budgets_s]
+            except BenchError as err:
+                raise BenchError(f"{method} on {dataset} (seed {episode.seed}): {err}; fix that "
+                                 "or leave the method out of --methods") from err
             incumbents = [t.incumbent_at(b) for t, b in zip(traces, budgets_s, strict=True)]
             records.append({
                 "method": method,

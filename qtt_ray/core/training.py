@@ -57,6 +57,9 @@ class TrainingSettings:
     forest_trees: int = 200  # the zero-shot forest that makes the first pick (0: none)
 
 
+MIN_SCORED_RUNS = 2  # the zero-shot forest needs two rows; the GP a finite target
+
+
 def choose_validation(datasets: list[str], seed: int) -> list[str]:
     """About 15 % of the datasets (at least one, none if there is only one), seeded."""
     if len(datasets) < 2:
@@ -94,6 +97,12 @@ def _train_predictors(
     datasets = [d for d in meta.datasets if meta.runs_of(d)]
     if not datasets:
         raise PredictorError("the meta-dataset has no runs; import learning curves first")
+    scored = sum(bool(np.isfinite(run.scores).any()) for run in meta.runs)
+    if scored < MIN_SCORED_RUNS:
+        raise PredictorError(
+            f"the meta-dataset has {scored} run(s) with a finite score (NaN = a diverged "
+            f"epoch); meta-training needs at least {MIN_SCORED_RUNS}: record more runs"
+        )
     missing = [d for d in datasets if d not in meta.meta_features]
     if missing:
         raise PredictorError(f"datasets {missing} have no meta-features; add them to the meta-data")

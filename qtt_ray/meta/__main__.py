@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qtt_ray.cli import CliError, run_cli
+from qtt_ray.cli import CliError, join_ray_cluster, run_cli
 from qtt_ray.space import MAX_EPOCHS
 
 if TYPE_CHECKING:  # imported lazily at run time: a --help stays fast
@@ -95,7 +95,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     started = False
     if args.address is not None and not ray.is_initialized():
-        ray.init(address=args.address, logging_level=logging.ERROR)
+        join_ray_cluster(args.address, logging_level=logging.ERROR)
         started = True
     try:
         summary = collect(

@@ -118,6 +118,7 @@ def write_meta(meta: MetaDataset, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from a team
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -125,6 +126,19 @@ def write_meta(meta: MetaDataset, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would change it for every
+    thread for a moment); 022 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 # -- reading and validation --------------------------------------------------------------------
@@ -288,6 +302,11 @@ def _check_curve(where: str, run_id: str, scores: Any, costs: Any, max_epochs: i
     if any(s is None for s in scores):
         raise MetaSchemaError(
             f"{where}: run {run_id!r} has a null in column 'scores'; use NaN for a diverged epoch"
+        )
+    if any(not math.isnan(s) and not 0.0 <= s <= 1.0 for s in scores):
+        raise MetaSchemaError(
+            f"{where}: run {run_id!r} has a score outside 0..1 in column 'scores' (a "
+            "percentage, a loss or an infinity?); scale scores to 0..1, NaN for a diverged epoch"
         )
 
 

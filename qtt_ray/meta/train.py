@@ -78,6 +78,9 @@ def load_meta_sources(sources: Sequence[str]) -> MetaDataset:
 
 
 def check_holdouts(meta: MetaDataset, holdouts: Sequence[str]) -> list[str]:
+    if not meta.runs:
+        raise PredictorError("--meta: the meta-data holds no runs; collect or import learning "
+                             "curves first")
     unknown = [d for d in holdouts if d not in meta.datasets]
     if unknown:
         raise PredictorError(
@@ -180,6 +183,9 @@ def fit(
     holdouts = check_holdouts(meta, holdouts)
     train = meta.subset([d for d in meta.datasets if d not in holdouts])
     log(f"training on {len(train.datasets)} datasets ({len(train.runs)} runs), seed {seed}")
+    if len(train.datasets) < 2:
+        log("warning: one training dataset, so none is left to validate on: meta-training "
+            "cannot stop early and the predictors are unchecked; collect curves of more datasets")
     predictors = train_predictors(train, seed=seed, max_seconds=max_seconds)
     reports = [evaluate_holdout(predictors, train, meta, d, seed) for d in holdouts]
     return predictors, reports
