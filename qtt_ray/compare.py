@@ -1,8 +1,8 @@
 """``python -m qtt_ray.compare``: experiments side by side, from MLflow or from run folders.
 
-For each experiment: searcher, dataset, budget, zero-shot IoU, best IoU and the time it took to
-reach 95 % of that best (from the best-IoU-over-time history), as a table on stdout, a
-``comparison.json`` and a ``comparison.png`` plot of best IoU over time.
+For each experiment: searcher, dataset, base model and input size, budget, zero-shot IoU, best
+IoU and the time it took to reach 95 % of that best (from the best-IoU-over-time history), as a
+table on stdout, a ``comparison.json`` and a ``comparison.png`` plot of best IoU over time.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class Row:
     name: str
     searcher: str
     dataset: str
+    model: str  # the base model (hub id, micro, NAME:random); "?" when not recorded
+    image_size: int | None
     budget_s: float
     zero_shot_iou: float | None
     best_iou: float | None
@@ -85,7 +87,8 @@ def rows_from_folders(root: Path) -> list[Row]:
         saved = results.extra.get("timeline")
         timeline = ([(float(a), float(b)) for a, b in saved] if saved
                     else _timeline_from_trials(results))
-        rows.append(Row(path.parent.name, results.searcher, results.dataset, results.budget_s,
+        rows.append(Row(path.parent.name, results.searcher, results.dataset, results.model,
+                        results.image_size, results.budget_s,
                         results.zero_shot_iou, results.best_iou,
                         time_to_fraction(timeline), timeline))
     return rows
@@ -127,8 +130,11 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
             history = client.get_metric_history(run.info.run_id, "best_iou_over_time")
             timeline = [(float(m.step), float(m.value)) for m in history]
         metrics, tags = run.data.metrics, run.data.tags
+        size = tags.get("image_size")
         rows.append(Row(run.info.run_name or run.info.run_id, tags.get("searcher", "?"),
-                        tags.get("dataset", "?"), float(tags.get("budget_s", "nan")),
+                        tags.get("dataset", "?"), tags.get("model", "?"),
+                        int(size) if size and size.isdigit() else None,
+                        float(tags.get("budget_s", "nan")),
                         metrics.get("zero_shot_iou"), metrics.get("best_iou"),
                         time_to_fraction(timeline), timeline))
     return rows
@@ -148,13 +154,21 @@ def _timeline_from_artifact(client, run_id: str) -> Timeline | None:  # noqa: AN
     return [(float(a), float(b)) for a, b in saved] if saved else None
 
 
+def short_model(name: str) -> str:
+    """``facebook/sam2.1-hiera-tiny`` -> ``sam2.1-hiera-tiny``: narrower, still unambiguous."""
+    return name.removeprefix("facebook/")
+
+
 def print_rows(rows: list[Row]) -> None:
     def fmt(value: float | None, digits: int = 3) -> str:
         return "-" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
-    header = ("experiment", "searcher", "dataset", "budget_s", "zero-shot", "best", "t95_s")
+    header = ("experiment", "searcher", "dataset", "model", "image_size", "budget_s",
+              "zero-shot", "best", "t95_s")
     table = [header] + [
-        (r.name, r.searcher, r.dataset, fmt(r.budget_s, 0), fmt(r.zero_shot_iou),
+        (r.name, r.searcher, r.dataset, short_model(r.model),
+         "-" if r.image_size is None else str(r.image_size), fmt(r.budget_s, 0),
+         fmt(r.zero_shot_iou),
          fmt(r.best_iou), fmt(r.time_to_95_s, 1))
         for r in rows
     ]

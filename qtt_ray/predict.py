@@ -1,14 +1,17 @@
 """``python -m qtt_ray.predict``: segment new images with a tuned run's adapter and box prompts.
 
     python -m qtt_ray.predict --run RUN --images DIR --out DIR [--boxes boxes.json | --masks DIR]
+        [--checkpoint PATH]
 
 The tuned LoRA + mask decoder are loaded onto the base SAM2 rebuilt from the adapter's ModelSpec
-(same model, checkpoint and seed), so the reload reproduces the tuned model exactly. Prompts come
-from a boxes file (original-image pixels, see ``qtt_ray.predict_io``) or, for evaluation, from
-reference masks: one tight box per class present, computed exactly as validation does. Writes
-``masks/<stem>.png`` (class values, original size), ``overlays/<stem>.png`` and ``predict.json``,
-whose boxes are original-image pixels: a boxes file's boxes as given (clipped to the image), or
-the tight box of each prompted class in the reference mask.
+(same model, checkpoint and seed), so the reload reproduces the tuned model exactly. The base
+checkpoint is needed: ``--checkpoint`` says where it is now if it moved (a hub model is also
+looked up in the current Hugging Face cache); it must be the recorded file (size, SHA-256).
+Prompts come from a boxes file (original-image pixels, see ``qtt_ray.predict_io``) or, for
+evaluation, from reference masks: one tight box per class present, computed exactly as validation
+does. Writes ``masks/<stem>.png`` (class values, original size), ``overlays/<stem>.png`` and
+``predict.json``, whose boxes are original-image pixels: a boxes file's boxes as given (clipped to
+the image), or the tight box of each prompted class in the reference mask.
 
 IoU (with reference masks) is the training metric (``qtt_ray.model.metrics``) at the model's
 input size, batched like validation, so predicting a run's validation images reproduces its
@@ -204,9 +207,11 @@ def predict_folder(
     masks: str | Path | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Segment every image of ``images`` with the tuned adapter of ``run``; returns the summary
-    that is also written as ``out/predict.json``."""
+    that is also written as ``out/predict.json``. ``checkpoint``: where the base checkpoint is
+    now, when it moved since tuning."""
     start = time.perf_counter()
     if boxes is None and masks is None:
         raise PredictError("give --boxes boxes.json or --masks DIR: SAM2 needs box prompts")
@@ -227,7 +232,7 @@ def predict_folder(
             sizes[stem] = (height, width)
         prompts = read_boxes_file(Path(boxes), files, sizes)
     try:
-        loaded = load_adapter(adapter_dir, device)
+        loaded = load_adapter(adapter_dir, device, checkpoint)
     except SafetensorError as error:  # truncated or overwritten weights file
         raise PredictError(
             f"{adapter_dir / WEIGHTS}: unreadable ({one_line(error)[:160]}); "
@@ -286,7 +291,7 @@ def predict_folder(
     evaluated = bool(overall.present)
     summary = {
         "adapter": str(adapter_dir),
-        "model": spec.to_json(),
+        "model": loaded.spec.to_json(),
         "config": loaded.config,
         "device": device,
         "image_size": size,
@@ -343,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='JSON {"image.png": [[x0, y0, x1, y1, class_id?], ...]} in pixels')
     parser.add_argument("--masks", type=Path, default=None,
                         help="reference <stem>.png masks: tight boxes per class, and IoU")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="the run's base SAM2 checkpoint, if it moved since tuning (must be "
+                             "the same file: its size and SHA-256 are checked)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     return parser
@@ -355,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size {args.batch_size} must be at least 1")
         summary = predict_folder(args.run, args.images, args.out, args.boxes, args.masks,
-                                 args.device, args.batch_size)
+                                 args.device, args.batch_size, args.checkpoint)
         print(format_summary(summary, args.out))
         return 0
 

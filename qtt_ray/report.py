@@ -64,10 +64,26 @@ def _summary(results: Results) -> list[str]:
         ("epochs trained", str(epochs)),
         ("searcher", results.searcher),
         ("model", results.model),
+        *_base_rows(results),
         ("budget", _seconds(results.budget_s)),
         ("seed", str(results.seed)),
     ]
     return _table(("", ""), rows)
+
+
+def _base_rows(results: Results) -> list[tuple[str, str]]:
+    """Which weights and input size the tuning started from (absent in older results)."""
+    rows = []
+    if results.pretrained is not None:
+        weights = "pretrained" if results.pretrained else "random (quality numbers meaningless)"
+        rows.append(("weights", weights))
+    if results.checkpoint is not None:
+        digest = (f" (sha256 {results.checkpoint_sha256[:12]})"
+                  if results.checkpoint_sha256 else "")
+        rows.append(("checkpoint", f"`{results.checkpoint}`{digest}"))
+    if results.image_size is not None:
+        rows.append(("image size", f"{results.image_size} px"))
+    return rows
 
 
 def _best_config(results: Results) -> list[str]:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -101,6 +104,12 @@ class Results:
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. decision_s, exported adapter
     # after the budget: stopping trials, final checkpoints, Tune's last snapshot (not tuning)
     shutdown_s: float = 0.0
+    # the base model as built: which checkpoint file (absolute path and SHA-256; None: random
+    # weights), the input size and whether the weights are pretrained; None when replaying
+    checkpoint: str | None = None
+    checkpoint_sha256: str | None = None
+    image_size: int | None = None
+    pretrained: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -131,6 +140,10 @@ class Results:
             trials=[TrialRecord.from_json(t) for t in data["trials"]],
             extra=dict(data.get("extra", {})),
             shutdown_s=float(data.get("shutdown_s", 0.0)),
+            checkpoint=_optional(data.get("checkpoint"), str),
+            checkpoint_sha256=_optional(data.get("checkpoint_sha256"), str),
+            image_size=_optional(data.get("image_size"), int),
+            pretrained=_optional(data.get("pretrained"), bool),
         )
 
 
@@ -184,6 +197,11 @@ def _json_float(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return float(value)
+
+
+def _optional(value: Any, kind: Callable[[Any], T]) -> T | None:
+    """Fields added after schema version 1 was written: absent in older files."""
+    return None if value is None else kind(value)
 
 
 def _from_json_float(value: Any) -> float:

@@ -31,7 +31,7 @@ from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from qtt_ray.cli import CliError, one_line, run_cli  # noqa: E402
+from qtt_ray.cli import CliError, join_ray_cluster, one_line, run_cli  # noqa: E402
 from qtt_ray.results import (  # noqa: E402
     ADAPTER_DIR,
     EXTRA_ADAPTER,
@@ -60,9 +60,12 @@ CHECKPOINTS_KEPT = 2  # per trial: the newest and, until it is verified, the one
 WORKER_ENV = ("OMP_WAIT_POLICY",)  # passed to Ray workers
 TRAIN_FACTOR = 3.0  # a training image costs about 3 forward passes (forward + backward)
 INTERRUPTED_EXIT = 130
-# options fixed by the first run; --resume refuses different values
+# options fixed by the first run; --resume refuses different values (but --checkpoint may
+# re-point a moved checkpoint: the same file, by its recorded fingerprint)
 RESUME_FIXED = ("data", "model", "checkpoint", "num_images", "image_size", "batch_size", "seed",
                 "searcher", "predictors", "replay_meta", "replay_dataset")
+PATH_OPTIONS = ("data", "checkpoint", "predictors", "replay_meta")  # compared resolved
+MOVABLE_OPTIONS = ("checkpoint",)  # checked by RunSettings.relocated, not by equality
 
 log = logging.getLogger("qtt_ray.tune")
 
@@ -75,12 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto | micro | tiny | small | base-plus | large | hub id; "
                    "NAME:random (e.g. tiny:random) = that architecture with random weights, "
                    "for timing only")
-    p.add_argument("--checkpoint", default=None, help="local SAM2 .pt checkpoint")
+    p.add_argument("--checkpoint", default=None,
+                   help="local SAM2 checkpoint (.pt or .safetensors); with --resume: where the "
+                        "run's checkpoint is now, if it moved (must be the same file)")
     p.add_argument("--budget", type=float, default=180.0, help="tuning seconds (default 180)")
     p.add_argument("--output", default=None, help="output folder (default runs/<timestamp>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=100)
-    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="model input size in pixels, a multiple of 32 (default 1024 for official "
+                        "checkpoints, their training size; 128 for micro); smaller is faster")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--max-concurrent", type=int, default=None,
@@ -318,12 +325,38 @@ def check_resume_options(saved: dict[str, Any], given: set[str],
                 "--output"
             )
     for dest in RESUME_FIXED:
-        if dest in given and dest in options and getattr(args, dest) != options[dest]:
+        if dest in MOVABLE_OPTIONS or dest not in given or dest not in options:
+            continue
+        if not same_option(dest, getattr(args, dest), options[dest]):
             flag = "--" + dest.replace("_", "-")
             raise CliError(
                 f"--resume {args.resume} was tuned with {flag} {options[dest]}, not "
                 f"{getattr(args, dest)}; drop {flag} to resume, or start a new run with --output"
             )
+
+
+def option_value(dest: str, value: Any) -> Any:
+    """An option as run.json keeps it: an existing path made absolute (``--data ./x`` and
+    ``--data /abs/x`` are the same run), anything else as typed."""
+    if dest in PATH_OPTIONS and isinstance(value, str) and Path(value).exists():
+        return str(Path(value).absolute())
+    return value
+
+
+def same_option(dest: str, given: Any, saved: Any) -> bool:
+    """Equal values, paths compared resolved and model names canonical."""
+    if given == saved:
+        return True
+    if dest in PATH_OPTIONS and isinstance(given, str) and isinstance(saved, str):
+        return Path(given).resolve() == Path(saved).resolve()
+    if dest == "model" and isinstance(given, str) and isinstance(saved, str):
+        from qtt_ray.model.build import ModelError, canonical_name
+
+        try:
+            return canonical_name(given) == canonical_name(saved)
+        except ModelError:
+            return False
+    return False
 
 
 def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared:
@@ -341,6 +374,9 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
                                f"{RESULTS_FILE}); start a new run with --output to tune again")
             check_resume_options(saved, given or set(), args)
             settings = RunSettings.from_json(saved["settings"])
+            if not saved.get("replay"):  # the base checkpoint may have moved
+                moved = args.checkpoint if "checkpoint" in (given or set()) else None
+                settings = settings.relocated(moved)
             searcher = saved["searcher"]
             predictors = Path(saved["predictors"]) if saved.get("predictors") else None
             storage, experiment = saved["storage"], saved["experiment"]
@@ -423,8 +459,8 @@ def start_ray(address: str | None = None) -> None:
     if not ray.is_initialized():
         env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
         if address:
-            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": env})
+            join_ray_cluster(address, log_to_driver=False, logging_level=logging.WARNING,
+                             runtime_env={"env_vars": env})
             return
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, runtime_env={"env_vars": env})
@@ -439,8 +475,9 @@ def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
         raise CliError(
             f"--budget {budget:g} s is shorter than one epoch here (about {epoch_s:.0f} s for "
             f"{n_train} training and {n_val} validation images, estimated from the zero-shot "
-            f"evaluation); pass --budget {math.ceil(10 * epoch_s)} or more (10 epochs), or "
-            "fewer --num-images"
+            f"evaluation); pass --budget {math.ceil(10 * epoch_s)} or more (10 epochs), fewer "
+            f"--num-images, or a smaller --image-size (now {prep.spec.image_size}; official "
+            f"checkpoints are trained at 1024, e.g. 512 is about 4x faster)"
         )
     return epoch_s
 
@@ -472,6 +509,9 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
     begin = time.monotonic()
     prep = prepare(args, given)
     prep.output.mkdir(parents=True, exist_ok=True)
+    if prep.saved is not None and prep.saved["settings"] != prep.settings.to_json():
+        # a re-pointed checkpoint: the next --resume finds it without --checkpoint
+        update_run_file(prep.output, settings=prep.settings.to_json())
     budget = float(args.budget)
     spent = 0.0
     if prep.saved is not None:  # the interrupted run's budget, less what it used
@@ -564,7 +604,8 @@ def write_run_file(args: argparse.Namespace, prep: Prepared, budget: float, slot
         "storage": portable_storage(prep.storage, prep.output), "experiment": prep.experiment,
         "replay": vars(prep.replay) if prep.replay else None,
         "fingerprint": dataset_fingerprint(prep),
-        "options": {dest: getattr(args, dest) for dest in (*RESUME_FIXED, "max_failures")},
+        "options": {dest: option_value(dest, getattr(args, dest))
+                    for dest in (*RESUME_FIXED, "max_failures")},
     }, indent=2))
 
 
@@ -734,8 +775,19 @@ def make_tracker(args: argparse.Namespace, prep: Prepared, budget: float) -> Any
     tags = {
         "searcher": prep.searcher, "dataset": prep.dataset_name, "budget_s": f"{budget:g}",
         "model": prep.model_name, "seed": str(args.seed), "output": str(prep.output),
+        **model_tags(prep.spec),
     }
     return MlflowTracker(uri, "qtt-ray", f"{prep.searcher}-{prep.dataset_name}", tags)
+
+
+def model_tags(spec: Any) -> dict[str, str]:
+    """The base model's MLflow tags: which checkpoint file, input size, pretrained or random."""
+    if spec is None:  # a replay
+        return {}
+    return {"checkpoint": spec.checkpoint or "none (random weights)",
+            "checkpoint_sha256": spec.checkpoint_sha256 or "",
+            "image_size": str(spec.image_size),
+            "weights": "pretrained" if spec.is_pretrained else "random"}
 
 
 def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot: float | None,
@@ -772,7 +824,12 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
         extra["actor_s"] = {op: {"count": len(values), "median_s": _median(values),
                                  "total_s": sum(values)}
                             for op, values in sorted(recorder.actor_ops.items())}
+    spec = prep.spec
     return Results(
+        checkpoint=spec.checkpoint if spec else None,
+        checkpoint_sha256=spec.checkpoint_sha256 if spec else None,
+        image_size=spec.image_size if spec else None,
+        pretrained=spec.is_pretrained if spec else None,
         searcher=prep.searcher, dataset=prep.dataset_name, model=prep.model_name,
         seed=args.seed if prep.saved is None else int(prep.saved["options"]["seed"]),
         budget_s=budget, zero_shot_iou=zero_shot, best_iou=best_iou,
@@ -836,11 +893,21 @@ def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,
          "train_s": results.train_s, "overhead_s": results.overhead_s,
          "startup_s": results.startup_s, "shutdown_s": results.shutdown_s,
          "trials": len(results.trials)},
-        {k: v for k, v in (results.best_config or {}).items()},
+        {**(results.best_config or {}), **base_model_params(results)},
     )
     tracker.log_timeline(recorder.timeline)
     for path in (results_path, best_config, plot, report, output / PLOT_FILE, output / GRID_FILE):
         tracker.log_artifact(path)
+
+
+def base_model_params(results: Results) -> dict[str, Any]:
+    """The base model as MLflow params of the parent run (beside the best configuration)."""
+    if results.image_size is None:  # a replay
+        return {}
+    return {"base_model": results.model, "base_checkpoint": results.checkpoint or "none",
+            "base_checkpoint_sha256": results.checkpoint_sha256 or "none",
+            "image_size": results.image_size,
+            "base_weights": "pretrained" if results.pretrained else "random"}
 
 
 def print_table(results: Results, output: Path) -> None:

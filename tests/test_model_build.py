@@ -135,7 +135,7 @@ def test_bad_checkpoints_are_one_line_model_errors(tmp_path):
         build_model(resolve_spec("micro", checkpoint=junk, image_size=64))
     wrong_layout = tmp_path / "layout.pt"
     torch.save({"weights": {}}, wrong_layout)
-    with pytest.raises(ModelError, match="expected a dict with a 'model' state dict"):
+    with pytest.raises(ModelError, match="expected SAM2 weights - a dict with a 'model' state"):
         build_model(resolve_spec("micro", checkpoint=wrong_layout, image_size=64))
 
 

@@ -73,6 +73,7 @@ def test_a_budget_shorter_than_one_epoch_says_what_would_work(capsys, tmp_path) 
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert "--budget 0.01 s is shorter than one epoch" in last and "pass --budget" in last
+    assert "a smaller --image-size (now 128; official checkpoints are trained at 1024" in last
 
 
 def test_an_incompatible_predictor_artefact_is_one_line(capsys, tmp_path) -> None:

@@ -2,12 +2,15 @@
 
 The folder holds ``adapter.safetensors`` and ``adapter.json`` (config, ModelSpec, LoRA seed,
 extra info). ``load_adapter`` rebuilds the base from the spec (same checkpoint or same random
-seed), re-injects LoRA with the same config and copies the tuned weights in strictly.
+seed), re-injects LoRA with the same config and copies the tuned weights in strictly. The base
+checkpoint may have moved: ``checkpoint`` re-points it, a hub model is looked up in the current
+Hugging Face cache, and either way the file must have the recorded size and SHA-256.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from qtt_ray.model.build import ModelError, ModelSpec, build_model
+from qtt_ray.model.build import ModelError, ModelSpec, build_model, locate_checkpoint
 from qtt_ray.model.lora import load_trainable_state, make_trainable, trainable_state
 
 WEIGHTS = "adapter.safetensors"
@@ -55,8 +58,12 @@ def export_adapter(
     return folder
 
 
-def load_adapter(directory: str | Path, device: str = "cpu") -> LoadedAdapter:
-    """Rebuild an exported tuned model in eval mode; one-line ModelError on a bad folder."""
+def load_adapter(
+    directory: str | Path, device: str = "cpu",
+    checkpoint: str | os.PathLike[str] | None = None,
+) -> LoadedAdapter:
+    """Rebuild an exported tuned model in eval mode; one-line ModelError on a bad folder or a
+    base checkpoint that is gone or not the recorded file (``checkpoint`` overrides its path)."""
     folder = Path(directory)
     if not (folder / WEIGHTS).is_file() or not (folder / META).is_file():
         raise ModelError(f"{folder}: not an exported adapter (needs {WEIGHTS} and {META})")
@@ -66,6 +73,7 @@ def load_adapter(directory: str | Path, device: str = "cpu") -> LoadedAdapter:
         config, seed = dict(meta["config"]), int(meta.get("seed", 0))
     except (KeyError, TypeError, ValueError) as err:
         raise ModelError(f"{folder / META}: malformed adapter description ({err})") from err
+    spec = locate_checkpoint(spec, checkpoint)
     model = make_trainable(build_model(spec, "cpu"), config, seed=seed)
     try:
         load_trainable_state(model, load_file(str(folder / WEIGHTS)))

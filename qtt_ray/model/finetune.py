@@ -268,7 +268,7 @@ class FineTuner:
             raise ValueError(f"training state format {state.get('format')} is not {STATE_FORMAT}")
         if config_key(clean_config(state["config"])) != config_key(self.config):
             raise ValueError("training state belongs to another configuration")
-        if ModelSpec.from_json(state["spec"]) != self.spec:
+        if not ModelSpec.from_json(state["spec"]).same_base(self.spec):  # a moved file is fine
             raise ValueError("training state belongs to another base model (spec differs)")
         load_trainable_state(self.model, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])

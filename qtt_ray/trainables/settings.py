@@ -11,7 +11,14 @@ from typing import Any
 
 import torch
 
-from qtt_ray.model.build import DEFAULT_MODEL, ModelSpec, resolve_spec
+from qtt_ray.model.build import (
+    DEFAULT_MODEL,
+    ModelSpec,
+    locate_checkpoint,
+    recorded_spec,
+    resolve_spec,
+    with_fingerprint,
+)
 
 
 @dataclass(frozen=True)
@@ -27,21 +34,45 @@ class RunSettings:
     seed: int = 0  # base-model init (micro), LoRA init, shuffling, augmentation, box jitter
     threads: int | None = None  # torch CPU threads per actor; None: leave Ray's OMP setting
 
+    # the base checkpoint's bytes and SHA-256, measured once by pinned() (tune start)
+    checkpoint_size: int | None = None
+    checkpoint_sha256: str | None = None
+
     def pinned(self) -> RunSettings:
         """Resolve once on the driver: ``auto`` -> the concrete model and checkpoint (so every
         actor builds the same base and the fallback warning prints once), dataset folder ->
-        absolute path (Ray changes the actors' working directory)."""
-        spec = self.model_spec()
+        absolute path (Ray changes the actors' working directory), and the checkpoint's
+        fingerprint. The checkpoint path is made absolute but symlinks are kept: a Hugging Face
+        snapshot path stays readable, its blob name says nothing."""
+        spec = with_fingerprint(self.model_spec())
         data = self.data
         if Path(data).exists():
             data = str(Path(data).resolve())
-        checkpoint = None if spec.checkpoint is None else str(Path(spec.checkpoint).resolve())
+        checkpoint = None if spec.checkpoint is None else os.path.abspath(spec.checkpoint)
         return replace(
-            self, data=data, model=spec.name, checkpoint=checkpoint, image_size=spec.image_size
+            self, data=data, model=spec.name, checkpoint=checkpoint, image_size=spec.image_size,
+            checkpoint_size=spec.checkpoint_size, checkpoint_sha256=spec.checkpoint_sha256,
         )
 
     def model_spec(self) -> ModelSpec:
-        return resolve_spec(self.model, self.checkpoint, self.image_size, self.seed)
+        """The base's spec with the recorded fingerprint (never hashes: actors call this)."""
+        spec = resolve_spec(self.model, self.checkpoint, self.image_size, self.seed)
+        fingerprint = self._fingerprint()
+        return spec if fingerprint is None else with_fingerprint(spec, fingerprint)
+
+    def relocated(self, checkpoint: str | os.PathLike[str] | None = None) -> RunSettings:
+        """A pinned run's settings with its base checkpoint found again (``--resume``):
+        ``checkpoint`` re-points it, else a hub model is looked up in the current cache; the
+        file must match the recorded fingerprint."""
+        recorded = recorded_spec(self.model, self.checkpoint, self.image_size, self.seed,
+                                 self._fingerprint())
+        found = locate_checkpoint(recorded, checkpoint)
+        return replace(self, checkpoint=found.checkpoint)
+
+    def _fingerprint(self) -> tuple[int, str] | None:
+        if self.checkpoint_size is None or self.checkpoint_sha256 is None:
+            return None
+        return self.checkpoint_size, self.checkpoint_sha256
 
     def resolved_device(self) -> str:
         if self.device == "auto":
