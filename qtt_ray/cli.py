@@ -7,6 +7,8 @@ input. Bugs (anything else) still raise normally.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -57,6 +59,9 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`, which stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
     return 0 if code is None else int(code)
 
 

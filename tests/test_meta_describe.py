@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from qtt_ray.meta.__main__ import main
 from qtt_ray.meta.describe import describe_dataset, format_description
@@ -41,3 +43,14 @@ def test_describe_missing_folder_is_one_line_exit_2(tmp_path, capsys) -> None:
     assert main(["describe", "--data", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "error:" in err and "nowhere" in err
+
+
+def test_output_piped_into_a_reader_that_stops_is_no_traceback() -> None:
+    """`... describe | head -2` printed a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "qtt_ray.meta", "describe", "--data", "demo",
+                             "--num-images", "10", "--data-seed", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err, err

@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--data", required=True, metavar="DIR",
                           help="dataset folder or 'demo' / 'demo-multiclass'")
     describe.add_argument("--num-images", type=int, default=100)
-    describe.add_argument("--seed", type=int, default=0)
+    describe.add_argument("--data-seed", "--seed", dest="seed", type=int, default=0,
+                          help="seed of the subsample (as collect's --data-seed)")
     describe.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
