@@ -21,7 +21,9 @@ from qtt_ray.meta.train import (
     first_epoch_reference,
     load_default_predictors,
     load_meta_sources,
+    provenance_warning,
     random_forest_reference,
+    source_record,
 )
 from qtt_ray.space import SAM2_SPACE
 
@@ -208,6 +210,24 @@ def test_one_training_dataset_trains_with_a_warning(tmp_path, capsys) -> None:
                  "--max-seconds", "3"]) == 0
     assert "warning: one training dataset, so none is left to validate on" in (
         capsys.readouterr().out)
+
+
+def test_the_model_card_pairs_each_model_with_its_own_size_and_hardware(shared_dir) -> None:
+    """The warning listed models, sizes and hardware each sorted on its own, so they paired
+    up wrongly ("micro, sam2.1_hiera_tiny at image size 1024, 64 on CPU, RTX 2080 Ti")."""
+    cpu = synthetic_curves(2)
+    cpu.runs = cpu.runs[:3]
+    paper = load_meta_sources(["qttseg"])
+    warning = provenance_warning(MetaDataset(SAM2_SPACE, paper.runs + cpu.runs, {}, "iou", 10))
+    assert ("490 runs of sam2.1_hiera_tiny at image size 1024 on RTX 2080 Ti, at the QTT-SEG "
+            "paper's settings") in warning
+    assert "3 runs of micro at image size 128 on test CPU, at its collection's settings" in warning
+    assert "mix set-ups" in warning
+    named = source_record("qttseg")  # a short name is recorded with its file and hash
+    assert named["resolved"] == str((shared_dir / "meta" / "qttseg_sam2_curves.csv").resolve())
+    assert len(named["sha256"]) == 64
+    folder = source_record("metaalbum")
+    assert folder["files"] > 0 and len(folder["file_list_sha256"]) == 64
 
 
 def test_shipped_predictors_load_and_predict() -> None:

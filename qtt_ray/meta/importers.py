@@ -323,12 +323,22 @@ def _grid_scale(grid: tuple[float, ...]) -> Scale:
 
 
 # -- resolving command-line sources ------------------------------------------------------------
+def source_path(spec: str) -> Path:
+    """Where a meta-data source lies: the short names ``qttseg`` / ``metaalbum`` resolved to
+    the published curves, anything else as given."""
+    if spec == "qttseg":
+        return shared_meta_dir() / QTTSEG_FILE
+    if spec == "metaalbum":
+        return shared_meta_dir() / METAALBUM_DIR
+    return Path(spec)
+
+
 def load_meta_source(spec: str) -> MetaDataset:
     """A meta-dataset from a Parquet file, a QTT-SEG CSV, a Meta-Album folder, or a short name."""
     if spec == "qttseg":
-        return import_qttseg_csv(shared_meta_dir() / QTTSEG_FILE)
+        return import_qttseg_csv(source_path(spec))
     if spec == "metaalbum":
-        return import_metaalbum(shared_meta_dir() / METAALBUM_DIR)
+        return import_metaalbum(source_path(spec))
     path = Path(spec)
     if path.is_dir():
         return import_metaalbum(path)

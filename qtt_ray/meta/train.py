@@ -33,7 +33,7 @@ from scipy.stats import spearmanr
 from qtt_ray.core import PredictorError, Predictors, evaluate_predictors, train_predictors
 from qtt_ray.core.features import sanitize_scores
 from qtt_ray.meta.dataset import MetaDataset
-from qtt_ray.meta.importers import combine, load_meta_source
+from qtt_ray.meta.importers import combine, load_meta_source, source_path
 from qtt_ray.space import SAM2_SPACE
 
 MODEL_CARD = "MODEL_CARD.json"
@@ -280,35 +280,49 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- the model card -----------------------------------------------------------------------------
 def provenance_warning(meta: MetaDataset) -> str:
-    """Where the curves came from, and what that means for a user's own set-up."""
-    models = sorted({r.provenance.get("model", "unknown") for r in meta.runs})
-    sizes = sorted({str(r.provenance.get("image_size", "unknown")) for r in meta.runs})
-    hardware = sorted({r.provenance.get("hardware", "unknown") for r in meta.runs})
-    paper = any(r.provenance.get("source") == "qttseg_sam2_curves.csv" for r in meta.runs)
-    settings = (
-        "at the QTT-SEG paper's settings (SAM2.1 hiera-tiny, 100 images per dataset, batch size "
-        "1, 10 epochs, box prompts)" if paper else "at the collection's settings"
-    )
+    """Where the curves came from (each model, image size and hardware together, with its run
+    count), and what that means for a user's own set-up."""
+    groups: dict[tuple[str, str, str, bool], int] = {}
+    for run in meta.runs:
+        key = (str(run.provenance.get("model", "unknown")),
+               str(run.provenance.get("image_size", "unknown")),
+               str(run.provenance.get("hardware", "unknown")),
+               run.provenance.get("source") == "qttseg_sam2_curves.csv")
+        groups[key] = groups.get(key, 0) + 1
+    parts = []
+    for (model, size, hardware, paper), count in sorted(groups.items()):
+        settings = ("the QTT-SEG paper's settings (100 images per dataset, batch size 1, 10 "
+                    "epochs, box prompts)" if paper else "its collection's settings")
+        parts.append(f"{count} runs of {model} at image size {size} on {hardware}, at {settings}")
+    mixed = len({(model, size, hardware) for model, size, hardware, _ in groups}) > 1
     return (
-        f"Learnt on learning curves of {', '.join(models)} at image size {', '.join(sizes)} on "
-        f"{', '.join(hardware)}, {settings}. Scores for other models, image sizes or training "
-        "settings and costs on other hardware are extrapolations (the policy corrects costs from "
-        "observed epochs); collect your own curves with `python -m qtt_ray.meta collect` and "
-        "retrain for other set-ups."
+        f"Learnt on learning curves: {'; '.join(parts)}."
+        + (" The curves mix set-ups, so their epoch costs are not comparable with each other."
+           if mixed else "")
+        + " Scores for other models, image sizes or training settings and costs on other "
+        "hardware are extrapolations (the policy corrects costs from observed epochs); collect "
+        "your own curves with `python -m qtt_ray.meta collect` and retrain for other set-ups."
     )
 
 
 def source_record(source: str) -> dict[str, Any]:
-    """Path, kind and content hash of one meta-data source (folders: hash of the file list)."""
-    path = Path(source)
-    record: dict[str, Any] = {"path": source}
+    """Name, resolved path and content hash of one meta-data source; a folder (Meta-Album) is
+    hashed over its file list (relative path and size of every file)."""
+    path = source_path(source)
+    record: dict[str, Any] = {"path": source, "resolved": str(path.resolve())}
+    digest = hashlib.sha256()
     if path.is_file():
-        digest = hashlib.sha256()
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(chunk)
         record["sha256"] = digest.hexdigest()
         record["bytes"] = path.stat().st_size
+    elif path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        for file in files:
+            digest.update(f"{file.relative_to(path).as_posix()}\t{file.stat().st_size}\n".encode())
+        record["file_list_sha256"] = digest.hexdigest()
+        record["files"] = len(files)
     return record
 
 
