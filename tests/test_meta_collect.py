@@ -176,6 +176,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, c
     cases = {
         str(tmp_path): "is a folder",
         str(tmp_path / "no" / "m.parquet"): "does not exist",
+        str(tmp_path / "meta.csv"): "name it meta.parquet",
     }
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"

@@ -103,6 +103,9 @@ def check_writable(out: Path) -> None:
     if out.is_dir():
         raise CollectError(f"--out {out}: is a folder; give a file name such as "
                            f"{out / 'meta.parquet'}")
+    if out.suffix not in (".parquet", ".pq"):
+        raise CollectError(f"--out {out}: name it {out.stem}.parquet (train and the benchmark "
+                           "recognise meta-datasets by that suffix)")
     if not out.parent.is_dir():
         raise CollectError(f"--out {out}: the folder {out.parent} does not exist; create it or "
                            "pass another path")
