@@ -23,6 +23,7 @@ import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {MAX_FAILURES}); then it is marked failed and the search goes "
                         "on")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep every trial's checkpoints after a finished run (default: remove "
+                        "them, the best model is in best/; about 50 MB per trial for SAM2 tiny)")
     # replayed learning curves instead of training: tests and benchmarks
     p.add_argument("--replay-meta", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replay-dataset", default=None, help=argparse.SUPPRESS)
@@ -585,6 +589,12 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         report = write_report(prep.output)
         write_artifacts(prep.output, results, recorder, tracker, path, report)
         print_table(results, prep.output)
+        if not args.keep_checkpoints:
+            removed, size = prune_trial_checkpoints(prep.storage, prep.experiment)
+            if removed:
+                print(f"removed {removed} trial checkpoints ({size / 1e6:.0f} MB) of the finished "
+                      f"run; the best model is in {prep.output / ADAPTER_DIR} "
+                      "(--keep-checkpoints keeps them)")
     except KeyboardInterrupt:
         status = "KILLED"
         interrupted(prep, spent + time.monotonic() - begin)
@@ -838,6 +848,21 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
         elapsed_s=elapsed, train_s=train_s, overhead_s=max(0.0, elapsed - train_s),
         startup_s=startup_s, final_eval_s=0.0, trials=trials, extra=extra,
     )
+
+
+def prune_trial_checkpoints(storage: str, experiment: str) -> tuple[int, int]:
+    """Remove the trials' checkpoint folders of a finished run: a finished run cannot be
+    resumed and its best model is exported, so they are only disk (tens of MB per trial with an
+    official SAM2). Local storage only; returns (folders, bytes) removed."""
+    if "://" in storage:
+        return 0, 0
+    removed, size = 0, 0
+    for folder in sorted((Path(storage) / experiment).glob("*/checkpoint_*")):
+        if folder.is_dir():
+            size += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed, size
 
 
 def export_best(recorder: Any, results: Results, prep: Prepared, device: str) -> dict[str, Any]:

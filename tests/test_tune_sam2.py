@@ -61,6 +61,9 @@ def test_freeze_thaw_with_micro_sam2_on_demo(tmp_path) -> None:
     results = read_results(output / "results.json")
     # after each epoch a trial paused (resumed later) or continued in place (picked again)
     assert all(t.resumes <= t.epochs - 1 for t in results.trials)
+    # a finished run keeps its best model, not every trial's checkpoints (--keep-checkpoints)
+    assert not list((output / "ray").rglob("checkpoint_*"))
+    assert (output / "best" / "adapter.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -70,9 +73,11 @@ def test_random_search_with_micro_sam2_on_a_real_dataset(shared_dir, tmp_path) -
         pytest.skip("kvasir_polyp is absent from ../shared/data")
     output = tmp_path / "run"
     code = tune.main(["--data", str(data), "--model", "micro", "--budget", "20", "--searcher",
-                      "random", "--num-images", "12", "--output", str(output), "--quiet"])
+                      "random", "--num-images", "12", "--output", str(output), "--quiet",
+                      "--keep-checkpoints"])
     assert code == 0
     check_run(output, 20, "random")
+    assert list((output / "ray").rglob("checkpoint_*"))  # kept as asked
 
 
 @pytest.mark.slow
