@@ -38,3 +38,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def offline_hub(tmp_path, monkeypatch) -> Path:
+    """An empty Hugging Face cache and no network: nothing can be found or downloaded."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("QTT_SAM2_CHECKPOINT", raising=False)
+    return tmp_path / "hf" / "hub"

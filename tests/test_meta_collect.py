@@ -207,7 +207,7 @@ def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path) ->
     out_text, err = proc.communicate(timeout=120)
     kept = len(read_meta(out).runs)
     assert proc.returncode == 130, err[-2000:]
-    assert 1 <= kept < 4
+    assert 0 < kept < 4
     assert f"interrupted: {4 - kept} planned runs were not collected; rerun" in err
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

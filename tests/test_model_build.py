@@ -27,16 +27,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
-@pytest.fixture()
-def offline_hub(tmp_path, monkeypatch) -> Path:
-    """An empty Hugging Face cache and no network: nothing can be found or downloaded."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("QTT_SAM2_CHECKPOINT", raising=False)
-    return tmp_path / "hf" / "hub"
-
-
 def fake_hub_file(cache: Path, model_id: str, filename: str, payload: dict) -> Path:
     """The layout huggingface_hub uses: refs/main names a snapshot holding the file."""
     repo = cache / f"models--{model_id.replace('/', '--')}"

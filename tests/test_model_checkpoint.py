@@ -44,15 +44,6 @@ def micro() -> torch.nn.Module:
     return build_model(resolve_spec("micro", image_size=S, seed=0))
 
 
-@pytest.fixture()
-def offline_hub(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("QTT_SAM2_CHECKPOINT", raising=False)
-    return tmp_path / "hf" / "hub"
-
-
 def hub_file(cache: Path, model_id: str, filename: str, source: Path) -> Path:
     """huggingface_hub's layout: the snapshot file is a symlink to a content-named blob (a
     byte copy of ``source``)."""
