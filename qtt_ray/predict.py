@@ -177,7 +177,7 @@ def _load_job(stem: str, file: Path, reference: np.ndarray | None, prompt: Promp
             image=preprocess_image(image, image_size),
             boxes=torch.from_numpy(boxes_to_input(prompt.boxes, height, width, image_size)),
             masks=torch.from_numpy(
-                np.stack([target == c for c in prompt.class_ids]).astype(np.float32)
+                np.stack([target == c for c in prompt.class_ids]).astype(np.uint8)
             ),
             class_ids=class_ids,
         )

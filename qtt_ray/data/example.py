@@ -33,7 +33,10 @@ class Example:
 
     image: torch.Tensor  # (3, S, S) float32, normalised
     boxes: torch.Tensor  # (K, 4) float32 xyxy in S-pixel coordinates (K = classes present)
-    masks: torch.Tensor  # (K, S, S) float32 in {0, 1}, target per box
+    # (K, S, S) uint8 in {0, 1}, target per box: collate makes them float. Bytes, not float32,
+    # because a worker keeps its examples: 4x less memory (camvid, 10 classes per image at
+    # 1024 px: 5.4 -> 2.3 GB for 100 images)
+    masks: torch.Tensor
     class_ids: torch.Tensor  # (K,) int64, 1..num_classes
 
     @property
@@ -124,9 +127,9 @@ def example_from_resized(
     if rng is not None:
         box_array = jitter_boxes(box_array, image_size, image_size, rng)
     target_array = (
-        np.stack(targets).astype(np.float32)
+        np.stack(targets).astype(np.uint8)
         if targets
-        else np.zeros((0, image_size, image_size), dtype=np.float32)
+        else np.zeros((0, image_size, image_size), dtype=np.uint8)
     )
     return Example(
         image=image,

@@ -34,7 +34,7 @@ class PromptBatch:
 
     images: torch.Tensor  # (B, 3, S, S)
     boxes: torch.Tensor  # (N, 4)
-    masks: torch.Tensor  # (N, S, S) float {0, 1}
+    masks: torch.Tensor  # (N, S, S) float32 {0, 1} (examples keep them as bytes)
     class_ids: torch.Tensor  # (N,) int64
     box_image: torch.Tensor  # (N,) int64 in [0, B)
 
