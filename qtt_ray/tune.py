@@ -481,7 +481,7 @@ def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
             f"{n_train} training and {n_val} validation images, estimated from the zero-shot "
             f"evaluation); pass --budget {math.ceil(10 * epoch_s)} or more (10 epochs), fewer "
             f"--num-images, or a smaller --image-size (now {prep.spec.image_size}; official "
-            f"checkpoints are trained at 1024, e.g. 512 is about 4x faster)"
+            f"checkpoints are trained at 1024, 512 has a quarter of the pixels)"
         )
     return epoch_s
 
