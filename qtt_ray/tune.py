@@ -432,7 +432,23 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
         )
     if predictors is not None:
         load_predictors_for(predictors, dict(prep.meta_features or {}))
+        if prep.spec is not None:
+            warning = predictors_setup_warning(Path(predictors), prep.spec)
+            if warning:
+                print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return prep
+
+
+def predictors_setup_warning(predictors_dir: Path, spec: Any) -> str | None:
+    """Say so when the run's model or image size is not what the predictors' curves were
+    recorded with (from the artefact's MODEL_CARD.json; nothing without a readable card)."""
+    from qtt_ray.meta.train import MODEL_CARD, setup_mismatch
+
+    try:
+        card = json.loads((predictors_dir / MODEL_CARD).read_text())
+    except (OSError, ValueError):
+        return None
+    return setup_mismatch(card, spec.name, spec.image_size) if isinstance(card, dict) else None
 
 
 def plan_trials(args: argparse.Namespace) -> Any:

@@ -23,6 +23,7 @@ from qtt_ray.meta.train import (
     load_meta_sources,
     provenance_warning,
     random_forest_reference,
+    setup_mismatch,
     source_record,
 )
 from qtt_ray.space import SAM2_SPACE
@@ -248,3 +249,23 @@ def test_shipped_predictors_load_and_predict() -> None:
     assert decision is not None and decision.epoch == 1
     seconds = predictors.cost.predict_seconds(pool, features, [1] * len(pool))
     assert np.all(np.isfinite(seconds)) and np.all(seconds > 0)
+
+
+def test_a_run_outside_the_predictors_set_ups_is_warned(artefact) -> None:
+    """The model card records the curves' set-ups; a run of another model or image size is
+    told that the predictions are extrapolations (the shipped card: SAM2.1 tiny at 1024 px)."""
+    from qtt_ray.model.build import resolve_spec
+    from qtt_ray.tune import predictors_setup_warning
+
+    out, _ = artefact
+    card = json.loads((out / MODEL_CARD).read_text())
+    assert card["training_data"]["setups"] == [
+        {"model": "micro", "image_size": "128", "hardware": "test CPU", "runs": 72}]
+    assert predictors_setup_warning(out, resolve_spec("micro", image_size=128)) is None
+    warning = predictors_setup_warning(out, resolve_spec("micro", image_size=64))
+    assert warning and "curves of micro at 128 px; this run is micro at 64 px" in warning
+    shipped = default_predictors_dir()
+    tiny = json.loads((shipped / MODEL_CARD).read_text())
+    assert setup_mismatch(tiny, "facebook/sam2.1-hiera-tiny", 1024) is None
+    assert "this run is micro at 128 px" in (predictors_setup_warning(
+        shipped, resolve_spec("micro", image_size=128)) or "")

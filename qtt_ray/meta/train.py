@@ -279,6 +279,41 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- the model card -----------------------------------------------------------------------------
+def training_setups(meta: MetaDataset) -> list[dict[str, Any]]:
+    """Each (model, image size, hardware) the curves were recorded with and its run count, so a
+    run can tell whether it is inside what the predictors learnt."""
+    counts: dict[tuple[str, str, str], int] = {}
+    for run in meta.runs:
+        key = (str(run.provenance.get("model", "unknown")),
+               str(run.provenance.get("image_size", "unknown")),
+               str(run.provenance.get("hardware", "unknown")))
+        counts[key] = counts.get(key, 0) + 1
+    return [{"model": model, "image_size": size, "hardware": hardware, "runs": count}
+            for (model, size, hardware), count in sorted(counts.items())]
+
+
+def setup_mismatch(card: dict[str, Any], model: str, image_size: int) -> str | None:
+    """A one-line warning when ``model`` at ``image_size`` is none of the card's training
+    set-ups (None inside them, or for a card that does not record them)."""
+    setups = card.get("training_data", {}).get("setups")
+    if not setups:
+        return None
+    name = _provenance_model_name(model)
+    if any(_provenance_model_name(str(s["model"])) == name and str(s["image_size"]) ==
+           str(image_size) for s in setups):
+        return None
+    learnt = ", ".join(f"{s['model']} at {s['image_size']} px" for s in setups)
+    return (f"the predictors learnt from curves of {learnt}; this run is {model} at "
+            f"{image_size} px, so their score and cost predictions are extrapolations (costs "
+            "are corrected from the observed epochs); `python -m qtt_ray.meta collect` and "
+            "`train` make predictors for this set-up")
+
+
+def _provenance_model_name(model: str) -> str:
+    """``facebook/sam2.1-hiera-tiny`` and the curves' ``sam2.1_hiera_tiny`` as one name."""
+    return model.removeprefix("facebook/").replace("-", "_").lower()
+
+
 def provenance_warning(meta: MetaDataset) -> str:
     """Where the curves came from (each model, image size and hardware together, with its run
     count), and what that means for a user's own set-up."""
@@ -386,6 +421,7 @@ def model_card(
             "meta_features": predictors.spec.meta_feature_names,
             "runs_per_dataset": {d: len(meta.runs_of(d)) for d in sorted(trained_on)},
             "holdout_datasets": [r.dataset for r in holdout_reports],
+            "setups": training_setups(meta.subset(trained_on)),
         },
         "training": predictors.summary,
         "validation": validation,
