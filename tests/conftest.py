@@ -48,3 +48,16 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("QTT_SAM2_CHECKPOINT", raising=False)
     return tmp_path / "hf" / "hub"
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    """Two official-format checkpoints of the 64 px micro SAM2: same size, other weights (a
+    moved file is the same base; the other one must be refused)."""
+    from qtt_ray.model.build import build_model, resolve_spec, save_checkpoint
+
+    root = tmp_path_factory.mktemp("micro_checkpoints")
+    paths = root / "seed0.pt", root / "seed1.pt"
+    for seed, path in enumerate(paths):
+        save_checkpoint(build_model(resolve_spec("micro", image_size=64, seed=seed)), path)
+    return paths

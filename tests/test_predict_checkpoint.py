@@ -12,7 +12,7 @@ import pytest
 
 from qtt_ray.data import load_dataset, make_demo_dataset, write_dataset_folder
 from qtt_ray.model.adapter import META, export_adapter
-from qtt_ray.model.build import build_model, resolve_spec, save_checkpoint, with_fingerprint
+from qtt_ray.model.build import build_model, resolve_spec, with_fingerprint
 from qtt_ray.model.lora import make_trainable
 from qtt_ray.predict import SUMMARY, main
 
@@ -24,13 +24,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def made(tmp_path_factory) -> dict[str, Path]:
+def made(tmp_path_factory, micro_checkpoints) -> dict[str, Path]:
     """An adapter on a micro base loaded from a checkpoint file (fingerprinted, as tune
     records it), a second checkpoint of the same size, and a small image folder."""
     root = tmp_path_factory.mktemp("predict_checkpoint")
-    base, other = root / "base.pt", root / "other.pt"
-    save_checkpoint(build_model(resolve_spec("micro", image_size=S, seed=0)), base)
-    save_checkpoint(build_model(resolve_spec("micro", image_size=S, seed=1)), other)
+    base, other = micro_checkpoints
     spec = with_fingerprint(resolve_spec("micro", checkpoint=base, image_size=S))
     model = make_trainable(build_model(spec), CONFIG, seed=0)
     export_adapter(model, spec, CONFIG, root / "run" / "best")

@@ -15,7 +15,7 @@ import pytest
 from qtt_ray import tune
 from qtt_ray.compare import print_rows, rows_from_folders
 from qtt_ray.data import make_demo_dataset, write_dataset_folder
-from qtt_ray.model.build import ModelError, build_model, resolve_spec, save_checkpoint
+from qtt_ray.model.build import ModelError, resolve_spec
 from qtt_ray.model.finetune import FineTuner
 from qtt_ray.report import render_report
 from qtt_ray.results import RESULTS_FILE, read_results, write_results
@@ -29,13 +29,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict[str, Path]:
+def files(tmp_path_factory, micro_checkpoints) -> dict[str, Path]:
     """Two micro checkpoints of the same size (different weights) and a dataset folder."""
     root = tmp_path_factory.mktemp("tune_checkpoint")
-    save_checkpoint(build_model(resolve_spec("micro", image_size=S, seed=0)), root / "a.pt")
-    save_checkpoint(build_model(resolve_spec("micro", image_size=S, seed=1)), root / "b.pt")
     data = write_dataset_folder(make_demo_dataset("binary", n=8, size=S), root / "data")
-    return {"a": root / "a.pt", "b": root / "b.pt", "data": data}
+    a, b = micro_checkpoints
+    return {"a": a, "b": b, "data": data}
 
 
 def _parse(argv: list[str]) -> tuple[object, set[str]]:

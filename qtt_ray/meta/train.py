@@ -21,6 +21,7 @@ import hashlib
 import json
 import platform
 import shlex
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -279,15 +280,23 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- the model card -----------------------------------------------------------------------------
+def setup_counts(meta: MetaDataset) -> Counter[tuple[str, str, str, bool]]:
+    """Runs per (model, image size, hardware, recorded at the QTT-SEG paper's settings)."""
+    return Counter(
+        (str(run.provenance.get("model", "unknown")),
+         str(run.provenance.get("image_size", "unknown")),
+         str(run.provenance.get("hardware", "unknown")),
+         run.provenance.get("source") == "qttseg_sam2_curves.csv")
+        for run in meta.runs
+    )
+
+
 def training_setups(meta: MetaDataset) -> list[dict[str, Any]]:
     """Each (model, image size, hardware) the curves were recorded with and its run count, so a
     run can tell whether it is inside what the predictors learnt."""
-    counts: dict[tuple[str, str, str], int] = {}
-    for run in meta.runs:
-        key = (str(run.provenance.get("model", "unknown")),
-               str(run.provenance.get("image_size", "unknown")),
-               str(run.provenance.get("hardware", "unknown")))
-        counts[key] = counts.get(key, 0) + 1
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for (model, size, hardware, _), count in setup_counts(meta).items():
+        counts[model, size, hardware] += count
     return [{"model": model, "image_size": size, "hardware": hardware, "runs": count}
             for (model, size, hardware), count in sorted(counts.items())]
 
@@ -317,13 +326,7 @@ def _provenance_model_name(model: str) -> str:
 def provenance_warning(meta: MetaDataset) -> str:
     """Where the curves came from (each model, image size and hardware together, with its run
     count), and what that means for a user's own set-up."""
-    groups: dict[tuple[str, str, str, bool], int] = {}
-    for run in meta.runs:
-        key = (str(run.provenance.get("model", "unknown")),
-               str(run.provenance.get("image_size", "unknown")),
-               str(run.provenance.get("hardware", "unknown")),
-               run.provenance.get("source") == "qttseg_sam2_curves.csv")
-        groups[key] = groups.get(key, 0) + 1
+    groups = setup_counts(meta)
     parts = []
     for (model, size, hardware, paper), count in sorted(groups.items()):
         settings = ("the QTT-SEG paper's settings (100 images per dataset, batch size 1, 10 "

@@ -153,14 +153,6 @@ class ModelSpec:
             return self.checkpoint_sha256 == other.checkpoint_sha256
         return True
 
-    @property
-    def checkpoint_label(self) -> str:
-        """``path (sha256 0123456789ab)`` for people; ``random weights`` without a checkpoint."""
-        if self.checkpoint is None:
-            return "random weights"
-        digest = f" (sha256 {self.checkpoint_sha256[:12]})" if self.checkpoint_sha256 else ""
-        return f"{self.checkpoint}{digest}"
-
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ModelSpec:
         try:
