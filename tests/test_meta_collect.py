@@ -100,9 +100,11 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys) -> None:  # noqa: F811
+def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys,  # noqa: F811
+                                        monkeypatch) -> None:
     """2 configs x 2 epochs on the demo data and a real dataset (micro SAM2 on CPU); a rerun
     adds nothing; --configs 3 adds one per dataset."""
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)  # as a user's shell has it
     out = tmp_path / "meta.parquet"
     real = shared_dir / "data" / "drive_retina_vessels"
     argv = ["collect", "--data", "demo", str(real), "--epochs", "2", "--model", "micro",
@@ -123,7 +125,10 @@ def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys
     assert meta.meta_features["drive_retina_vessels"]["num_samples"] == 40.0
     expected = {pair_key(c) for c in planned_configs(2, 0)}
     assert {pair_key(r.config) for r in meta.runs_of("demo")} == expected
-    capsys.readouterr()
+    console = capsys.readouterr().out
+    assert "[4/4]" in console and "2 epochs in" in console
+    # no Ray banner (with its 2**63 - 1 trials) nor a path into the removed scratch folder
+    assert "Number of trials" not in console and "View detailed results" not in console
 
     assert main([*argv, "--configs", "2"]) == 0
     assert "added 0 runs" in capsys.readouterr().out

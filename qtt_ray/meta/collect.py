@@ -373,7 +373,7 @@ def _recorder(out: Path, plans: dict[str, DatasetPlan], settings: dict[str, dict
             self.added += append_runs(out, new)
             best = np.nanmax(np.r_[run.scores, -np.inf])
             log(f"[{self.finished}/{total}] {name} {run.run_id}: best IoU {best:.3f}, "
-                f"{run.epochs} epochs in {run.costs.sum():.1f} s")
+                f"{run.epochs} epoch{'' if run.epochs == 1 else 's'} in {run.costs.sum():.1f} s")
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any,
                            **info: Any) -> None:
@@ -456,6 +456,9 @@ def collect(
         summary.seconds = time.perf_counter() - start
         return summary
 
+    # Ray's newer console output prints a banner (with the trial count of an open-ended search)
+    # and a path into the scratch folder removed below; our own lines say what matters
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.ERROR)
     resources = trial_resources(ray_nodes(), gpus_per_trial, cpus_per_trial).request
@@ -471,7 +474,7 @@ def collect(
             trainable,
             param_space={},
             tune_config=tune.TuneConfig(
-                search_alg=_pair_searcher(pairs), num_samples=-1, metric="iou", mode="max",
+                search_alg=_pair_searcher(pairs), num_samples=len(pairs), metric="iou", mode="max",
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
