@@ -11,7 +11,9 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 USAGE_EXIT = 2
 PROBE_S = 3.0  # seconds to wait for a Ray head's port before calling it absent
@@ -63,6 +65,27 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return 128 + signal.SIGPIPE
     return 0 if code is None else int(code)
+
+
+@contextmanager
+def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+    """While active, SIGTERM (``kill``, a batch scheduler's time limit) stops a run the way
+    Ctrl-C does: Tune ends it gracefully, so it can be resumed. The handler ``ray.init``
+    installs exits at once instead (a C++ abort dump, and for ``tune`` an interrupted run whose
+    spent budget was never recorded), so enter this after Ray has started."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _interrupt_instead)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _interrupt_instead(signum: int, frame: object) -> None:
+    signal.raise_signal(signal.SIGINT)
 
 
 def join_ray_cluster(address: str, **init_kwargs: object) -> None:

@@ -32,7 +32,13 @@ from datetime import datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from qtt_ray.cli import CliError, join_ray_cluster, one_line, run_cli  # noqa: E402
+from qtt_ray.cli import (  # noqa: E402
+    CliError,
+    join_ray_cluster,
+    one_line,
+    run_cli,
+    sigterm_stops_like_ctrl_c,
+)
 from qtt_ray.results import (  # noqa: E402
     ADAPTER_DIR,
     EXTRA_ADAPTER,
@@ -572,7 +578,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         freeze_long_lived()  # no full collection of the start-up's objects between epochs
         startup_s = time.monotonic() - begin
         tuning_start = time.monotonic()
-        with InterruptWatch() as watch:
+        with InterruptWatch() as watch, sigterm_stops_like_ctrl_c():
             tuner.fit()
         fit_end = time.monotonic()
         fit_s = fit_end - tuning_start

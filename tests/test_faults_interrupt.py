@@ -100,15 +100,17 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
 def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
-    replay_inputs, reference_curves, tmp_path  # noqa: F811
+    replay_inputs, reference_curves, tmp_path, stop_signal: int  # noqa: F811
 ) -> None:
     """Ctrl-C after 6 epochs lands between a result and its pause checkpoint. On resume Tune
     paused the catch-up trial although the controller answered CONTINUE, and the resumed run
     spun forever (e14e05f, twice). Then it finished but trained other epochs (3fc6b71): the
-    given-back decision was re-made with the adaptation started after it."""
+    given-back decision was re-made with the adaptation started after it. SIGTERM (``kill``, a
+    batch scheduler's time limit) must stop the same way; Ray's own handler aborted at once."""
     output = tmp_path / "interrupted"
-    ctrl_c_after(replay_args(replay_inputs, output, 0.03), 6)
+    ctrl_c_after(replay_args(replay_inputs, output, 0.03), 6, stop_signal)
     resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,
                              capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -116,8 +118,9 @@ def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
     assert curves(output) == reference_curves
 
 
-def ctrl_c_after(argv: list[str], epochs: int) -> None:
-    """Start ``qtt_ray.tune`` with ``argv`` and send SIGINT once ``epochs`` epochs are done."""
+def ctrl_c_after(argv: list[str], epochs: int, stop_signal: int = signal.SIGINT) -> None:
+    """Start ``qtt_ray.tune`` with ``argv`` and send ``stop_signal`` once ``epochs`` epochs are
+    done; it must stop as after a Ctrl-C and say how to resume."""
     proc = subprocess.Popen([*PROG, *argv], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
@@ -125,9 +128,10 @@ def ctrl_c_after(argv: list[str], epochs: int) -> None:
         match = EPOCHS.search(line)
         if match and int(match.group(1)) >= epochs:
             break
-    proc.send_signal(signal.SIGINT)
-    proc.stderr.read()
-    assert proc.wait(timeout=60) == 130
+    proc.send_signal(stop_signal)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest[-3000:]
+    assert "--resume" in rest
 
 
 @pytest.mark.slow

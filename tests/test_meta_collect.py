@@ -196,8 +196,11 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, c
 
 
 @pytest.mark.slow
-def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path) -> None:
-    """A Ctrl-C ended the collection with exit code 0 and "added N runs", as if it were done."""
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path,
+                                                                    stop_signal: int) -> None:
+    """A Ctrl-C ended the collection with exit code 0 and "added N runs", as if it were done.
+    A SIGTERM ended it in Ray's C++ abort dump (exit 134)."""
     out = tmp_path / "meta.parquet"
     argv = [sys.executable, "-m", "qtt_ray.meta", "collect", "--data", "demo", "--configs", "4",
             "--epochs", "2", "--model", "micro", "--image-size", "64", "--num-images", "10",
@@ -208,7 +211,7 @@ def test_an_interrupted_collection_says_so_and_a_rerun_completes_it(tmp_path) ->
     for line in proc.stdout:
         if line.startswith("[1/4]"):
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop_signal)
     out_text, err = proc.communicate(timeout=120)
     kept = len(read_meta(out).runs)
     assert proc.returncode == 130, err[-2000:]
