@@ -14,7 +14,7 @@ import pytest
 from qtt_ray.core import Predictors, QuickTunePolicy
 from qtt_ray.meta.__main__ import main
 from qtt_ray.meta.dataset import MetaDataset, Run
-from qtt_ray.meta.schema import write_meta
+from qtt_ray.meta.schema import read_meta, write_meta
 from qtt_ray.meta.train import (
     MODEL_CARD,
     default_predictors_dir,
@@ -170,8 +170,27 @@ def test_sources_with_different_meta_features_keep_the_common_ones(curves_file, 
                    for r in richer.runs_of("alpha")]
     richer.meta_features = {"epsilon": {**richer.meta_features["alpha"], "extra": 1.0}}
     other = write_meta(richer, tmp_path / "richer.parquet")
-    meta = load_meta_sources([str(curves_file), str(other)])
+    lines: list[str] = []
+    meta = load_meta_sources([str(curves_file), str(other)], log=lines.append)
     assert "epsilon" in meta.datasets and "extra" not in meta.meta_feature_names
+    # what was kept and what left out is said, so a column dropped by hand does not go unseen
+    assert lines == ["meta-features: height, num_channels, num_classes, num_samples, width",
+                     f"note: meta-feature 'extra' left out: not in {curves_file.name}"]
+
+
+def test_a_meta_feature_tune_cannot_compute_is_warned_at_training(curves_file, tmp_path) -> None:
+    """A renamed mf.* column trained predictors that `tune` refused only later."""
+    renamed = read_meta(curves_file)
+    renamed.meta_features = {d: {("classes" if k == "num_classes" else k): v
+                                 for k, v in f.items()}
+                             for d, f in renamed.meta_features.items()}
+    lines: list[str] = []
+    load_meta_sources([str(write_meta(renamed, tmp_path / "renamed.parquet"))], log=lines.append)
+    assert lines[-1].startswith("warning: meta-features ['classes'] are none that qtt_ray.data "
+                                "computes, so `python -m qtt_ray.tune` will refuse")
+    lines.clear()
+    load_meta_sources([str(curves_file)], log=lines.append)
+    assert not any(line.startswith(("note", "warning")) for line in lines)
 
 
 def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys) -> None:

@@ -60,22 +60,47 @@ def load_default_predictors() -> Predictors:
 
 
 # -- loading the meta-data -----------------------------------------------------------------------
-def load_meta_sources(sources: Sequence[str]) -> MetaDataset:
+def load_meta_sources(sources: Sequence[str], log: Log = print) -> MetaDataset:
     """Parquet files, QTT-SEG CSVs or Meta-Album folders (by suffix) combined into one.
 
     Sources may record different meta-features (the paper's CSV has 5, a collection 9); only the
-    features every source has are kept, so the predictors can use all runs.
+    features every source has are kept, so the predictors can use all runs. Which ones were kept
+    and which left out is logged: a column dropped from a hand-edited file shows there.
     """
     if not sources:
         raise PredictorError("--meta: give at least one meta-dataset (.parquet, .csv or folder)")
     metas = [load_meta_source(str(source)) for source in sources]
     common = set.intersection(*(set(m.meta_feature_names) for m in metas))
+    for line in meta_feature_notes(metas, [str(source) for source in sources], common):
+        log(line)
     for meta in metas:
         meta.meta_features = {
             dataset: {k: v for k, v in features.items() if k in common}
             for dataset, features in meta.meta_features.items()
         }
     return combine(metas, label="--meta", names=[str(source) for source in sources])
+
+
+def meta_feature_notes(metas: Sequence[MetaDataset], names: Sequence[str],
+                       kept: set[str]) -> list[str]:
+    """What the predictors will know of a dataset, and what they lose: features some sources
+    lack, and (SAM2 space) features ``qtt_ray.data`` does not compute, which ``tune`` refuses."""
+    from qtt_ray.data.meta_features import META_FEATURE_NAMES
+
+    lines = [f"meta-features: {', '.join(sorted(kept)) or 'none'}"]
+    for feature in sorted(set().union(*(m.meta_feature_names for m in metas)) - kept):
+        lacking = [Path(n).name for n, m in zip(names, metas, strict=True)
+                   if feature not in m.meta_feature_names]
+        lines.append(f"note: meta-feature {feature!r} left out: not in {', '.join(lacking)}")
+    if all(m.space.names == SAM2_SPACE.names for m in metas):
+        unknown = sorted(kept - set(META_FEATURE_NAMES))
+        if unknown:
+            lines.append(
+                f"warning: meta-features {unknown} are none that qtt_ray.data computes, so "
+                f"`python -m qtt_ray.tune` will refuse these predictors; rename the mf.* columns "
+                f"to {', '.join(META_FEATURE_NAMES)}"
+            )
+    return lines
 
 
 def check_holdouts(meta: MetaDataset, holdouts: Sequence[str]) -> list[str]:
