@@ -45,3 +45,23 @@ def test_validator_rejects_a_broken_config() -> None:
     config["available_node_types"]["gpu_worker"]["max_workers"] = "many"
     with pytest.raises(Exception):  # noqa: B017 - jsonschema's error type is Ray-internal
         validate(config)
+
+
+def test_every_node_gets_the_tested_versions_and_the_launcher_what_it_needs() -> None:
+    """The head had no AWS SDK (the autoscaler could not start one worker), the workers an
+    unpinned Ray and a torch from an index without the tested version, and a driver-less GPU
+    image passed `ray up` silently."""
+    import re
+
+    import ray
+
+    config = load()
+    commands = " ".join(config["setup_commands"])
+    assert f'"ray[default,tune]=={ray.__version__}"' in commands  # one Ray version everywhere
+    makefile = (CLUSTER_YAML.parent / "Makefile").read_text()
+    tested_torch = re.search(r"TORCH_SPEC \?= (torch==[\d.]+)", makefile)
+    assert tested_torch and f'"{tested_torch.group(1)}"' in commands
+    assert "--no-build-isolation" in commands  # sam2 builds against that torch
+    assert any("boto3" in c for c in config["head_setup_commands"])
+    assert any(c.startswith("nvidia-smi") for c in config["worker_setup_commands"])
+    assert config["file_mounts"]["/home/ubuntu/data"] == "./data"  # data on every node
