@@ -2,9 +2,10 @@
 the images, the boxes file and reference masks, and writing masks and overlays.
 
 Boxes file: JSON ``{"<file name or stem>": [box, ...]}``; a box is ``[x0, y0, x1, y1]`` (class 1),
-``[x0, y0, x1, y1, class_id]`` or ``{"box": [x0, y0, x1, y1], "class": class_id}``, in the
-ORIGINAL image's pixel coordinates with inclusive corners (``x1`` is the last column inside), the
-convention of SAM2's ``mask_to_box`` and of the boxes training derives from masks.
+``[x0, y0, x1, y1, class_id]`` or ``{"box": [x0, y0, x1, y1], "class": class_id}`` (no other
+keys; ``class`` may be left out for 1), in the ORIGINAL image's pixel coordinates with inclusive
+corners (``x1`` is the last column inside), the convention of SAM2's ``mask_to_box`` and of the
+boxes training derives from masks.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ from qtt_ray.model.adapter import META, WEIGHTS
 
 BEST_ADAPTER = "best"  # where qtt_ray.tune exports the best configuration's adapter
 BOXES_EXAMPLE = '{"image.png": [[x0, y0, x1, y1], [x0, y0, x1, y1, class_id]]}'
+BOX_FORMS = ('[x0, y0, x1, y1], [x0, y0, x1, y1, class_id] or '
+             '{"box": [x0, y0, x1, y1], "class": class_id}')
+BOX_KEYS = frozenset({"box", "class"})  # the dict form's keys: anything else is a mistake
 # class colours for masks shown on images: background transparent, then a qualitative palette
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (245, 130, 48),
@@ -167,13 +171,18 @@ def read_boxes_file(path: Path, images: dict[str, Path], sizes: dict[str, tuple[
         if not isinstance(entries, list):
             raise PredictError(f"{where} must map to a list of boxes, e.g. {BOXES_EXAMPLE}")
         height, width = sizes[stem]
-        parsed = [_parse_box(entry, f"{where}[{i}]", height, width)
-                  for i, entry in enumerate(entries)]
-        prompts[stem] = Prompt(
-            boxes=np.array([box for box, _ in parsed], dtype=np.float64).reshape(-1, 4),
-            class_ids=[class_id for _, class_id in parsed],
-        )
+        prompts[stem] = parse_boxes(entries, where, height, width)
     return prompts
+
+
+def parse_boxes(entries: list[Any], where: str, height: int, width: int) -> Prompt:
+    """One image's boxes in any of the boxes file's forms, checked and clipped to the image;
+    ``where`` starts each error message (the file and the image)."""
+    parsed = [_parse_box(entry, f"{where}[{i}]", height, width) for i, entry in enumerate(entries)]
+    return Prompt(
+        boxes=np.array([box for box, _ in parsed], dtype=np.float64).reshape(-1, 4),
+        class_ids=[class_id for _, class_id in parsed],
+    )
 
 
 class _DuplicateKeyError(ValueError):
@@ -195,7 +204,11 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _parse_box(entry: Any, where: str, height: int, width: int) -> tuple[list[float], int]:
     class_id: Any = 1
     if isinstance(entry, dict):
-        coords, class_id = entry.get("box"), entry.get("class", 1)
+        unknown = sorted(str(key) for key in entry if key not in BOX_KEYS)
+        if unknown or "box" not in entry:
+            problem = f"unknown key {unknown[0]!r}" if unknown else "no 'box' key"
+            raise PredictError(f"{where}: {problem} in {entry!r}; a box is {BOX_FORMS}")
+        coords, class_id = entry["box"], entry.get("class", 1)
     elif isinstance(entry, list) and len(entry) == 5:
         coords, class_id = entry[:4], entry[4]
     else:

@@ -47,6 +47,8 @@ def export_adapter(
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(trainable_state(model), str(folder / WEIGHTS))
+    # safetensors writes 0600: colleagues could not load the model from a shared run folder
+    os.chmod(folder / WEIGHTS, 0o666 & ~_umask())
     meta = {
         "format": ADAPTER_FORMAT,
         "config": dict(config),
@@ -56,6 +58,19 @@ def export_adapter(
     }
     (folder / META).write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def _umask() -> int:
+    """The process umask, read without setting it (``os.umask`` would change it for every
+    thread for a moment); 022 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def load_adapter(
