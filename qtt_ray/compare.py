@@ -1,8 +1,8 @@
-"""``python -m qtt_ray.compare``: experiments side by side, from MLflow or from run folders.
+"""python -m qtt_ray.compare: experiments side by side, from run folders or from MLflow.
 
 For each experiment: searcher, dataset, base model and input size, budget, zero-shot IoU, best
 IoU and the time it took to reach 95 % of that best (from the best-IoU-over-time history), as a
-table on stdout, a ``comparison.json`` and a ``comparison.png`` plot of best IoU over time.
+table on stdout, a comparison.json and a comparison.png plot of best IoU over time.
 """
 
 from __future__ import annotations
@@ -15,9 +15,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from qtt_ray.cli import CliError, run_cli
-from qtt_ray.results import RESULTS_FILE, ResultsError, read_results
+from qtt_ray.results import (
+    EXTRA_TIMELINE,
+    RESULTS_FILE,
+    Results,
+    ResultsError,
+    parse_timeline,
+    read_results,
+)
 
 PROG = "python -m qtt_ray.compare"
+RUN_FILE = "run.json"  # written by qtt_ray.tune at the start, results.json only at the end
 Timeline = list[tuple[float, float]]
 
 
@@ -64,7 +72,7 @@ def plot_best_over_time(curves: dict[str, Timeline], path: str | Path,
     ax.set_xlabel("tuning time (s)")
     ax.set_ylabel("best validation IoU")
     ax.grid(alpha=0.3)
-    if curves or zero_shot is not None:
+    if ax.get_legend_handles_labels()[0]:  # no lines drawn: a legend would only warn
         ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
@@ -75,26 +83,37 @@ def plot_best_over_time(curves: dict[str, Timeline], path: str | Path,
 
 
 def rows_from_folders(root: Path) -> list[Row]:
+    """One row per run folder directly inside ``root`` (one level, not deeper). A folder that
+    cannot be read is skipped with one line saying why, so the others still compare."""
     if not root.is_dir():
         raise CliError(f"--output-root {root}: no such folder; pass the folder holding run folders")
     rows = []
-    for path in sorted(root.glob(f"*/{RESULTS_FILE}")):
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        path = folder / RESULTS_FILE
+        if not path.is_file():
+            if (folder / RUN_FILE).is_file():
+                _skip(folder, "unfinished; continue it with python -m qtt_ray.tune --resume "
+                      f"{folder}")
+            continue  # not a run folder at all
         try:
             results = read_results(path)
         except ResultsError as err:
-            print(f"{PROG}: skipping {err}", file=sys.stderr)
+            _skip(folder, f"{RESULTS_FILE}: {str(err).removeprefix(f'{path}: ')}")
             continue
-        saved = results.extra.get("timeline")
-        timeline = ([(float(a), float(b)) for a, b in saved] if saved
-                    else _timeline_from_trials(results))
-        rows.append(Row(path.parent.name, results.searcher, results.dataset, results.model,
+        timeline = (parse_timeline(results.extra.get(EXTRA_TIMELINE))
+                    or _timeline_from_trials(results))
+        rows.append(Row(folder.name, results.searcher, results.dataset, results.model,
                         results.image_size, results.budget_s,
                         results.zero_shot_iou, results.best_iou,
                         time_to_fraction(timeline), timeline))
     return rows
 
 
-def _timeline_from_trials(results) -> Timeline:  # noqa: ANN001
+def _skip(folder: Path, reason: str) -> None:
+    print(f"{PROG}: skipping {folder}: {reason}", file=sys.stderr)
+
+
+def _timeline_from_trials(results: Results) -> Timeline:
     """Fallback for files without a timeline: epochs in trial order, cumulative epoch seconds."""
     events = []
     for trial in results.trials:
@@ -111,6 +130,7 @@ def _timeline_from_trials(results) -> Timeline:  # noqa: ANN001
 
 
 def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
+    check_store_exists(uri)
     try:
         from mlflow.tracking import MlflowClient
 
@@ -148,10 +168,32 @@ def _timeline_from_artifact(client, run_id: str) -> Timeline | None:  # noqa: AN
     try:
         with tempfile.TemporaryDirectory() as folder:
             path = client.download_artifacts(run_id, RESULTS_FILE, folder)
-            saved = read_results(Path(path)).extra.get("timeline")
+            saved = parse_timeline(read_results(Path(path)).extra.get(EXTRA_TIMELINE))
     except Exception:  # no artifact, unreachable store, foreign file: use the metric instead
         return None
-    return [(float(a), float(b)) for a, b in saved] if saved else None
+    return saved or None
+
+
+def check_store_exists(uri: str) -> None:
+    """Reading a local store that is not there would create an empty one (a new mlflow.db or
+    mlruns folder) and report no experiments: refuse a missing local path instead."""
+    lowered = uri.lower()
+    if lowered.startswith("sqlite:///"):
+        where = uri[len("sqlite:///"):]
+        if where in ("", ":memory:"):
+            return
+    elif lowered.startswith("file://"):
+        where = uri[len("file://"):]
+    elif "://" in uri:
+        return  # a tracking server (http, databricks, ...): MLflow reports what is wrong
+    else:
+        where = uri
+    if not Path(where).exists():
+        raise CliError(
+            f"--mlflow-uri {uri}: {where} does not exist; pass an existing store, e.g. "
+            "sqlite:////abs/path/runs/RUN/mlflow.db (three slashes, then the absolute path) "
+            "or http://host:5000"
+        )
 
 
 def short_model(name: str) -> str:
@@ -196,12 +238,27 @@ def compare_main(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    p.add_argument("--output-root", default="runs", help="folder of qtt_ray.tune output folders")
-    p.add_argument("--mlflow-uri", default=None, help="read experiments from this MLflow store")
+    p = argparse.ArgumentParser(
+        prog=PROG, description=_plain_description(),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--output-root", default="runs",
+                   help="folder holding qtt_ray.tune output folders; only its direct "
+                        "subfolders are read (one level), unfinished or unreadable ones are "
+                        "skipped with a note")
+    p.add_argument("--mlflow-uri", default=None,
+                   help="read experiments from this MLflow store instead of --output-root: "
+                        "sqlite:////abs/path/to/mlflow.db (must exist) or a tracking server "
+                        "such as http://host:5000")
     p.add_argument("--experiment", default="qtt-ray", help="MLflow experiment name")
-    p.add_argument("--out", default="comparison", help="where to write the table and plot")
+    p.add_argument("--out", default="comparison",
+                   help="folder for comparison.json and comparison.png")
     return p
+
+
+def _plain_description() -> str:
+    """The module docstring as one plain paragraph (argparse would show it verbatim)."""
+    text = " ".join((__doc__ or "").split(": ", 1)[-1].split())
+    return text[:1].upper() + text[1:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,19 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
-from qtt_ray.results import RESULTS_FILE, Results, read_results
+from qtt_ray.results import (
+    EXTRA_INTERRUPTIONS,
+    EXTRA_SPLIT,
+    RESULTS_FILE,
+    Results,
+    read_results,
+)
 
 REPORT_FILE = "report.md"
 TRIAL_ROWS = 20
+STEMS_LISTED = 20  # validation image names shown; all of them are in results.json
+NOT_BETTER = ("tuning did not beat zero-shot SAM2 on the validation images; the base model is "
+              "at least as good here")
 
 
 def write_report(output_dir: str | Path) -> Path:
@@ -35,6 +44,8 @@ def render_report(results: Results, has_grid: bool = False) -> str:
     """The Markdown text of the report (pictures referenced by relative file name)."""
     lines = [f"# qtt-ray: {results.dataset}", ""]
     lines += _summary(results)
+    lines += _verdict(results)
+    lines += _images(results)
     lines += ["", "## Best IoU over time", "", f"![best IoU over time]({PLOT_FILE})", ""]
     if has_grid:
         lines += ["## Validation images", "",
@@ -62,6 +73,7 @@ def _summary(results: Results) -> list[str]:
         ("best trial", where),
         ("trials", str(len(results.trials))),
         ("epochs trained", str(epochs)),
+        *_count_rows(results),
         ("searcher", results.searcher),
         ("model", results.model),
         *_base_rows(results),
@@ -69,6 +81,52 @@ def _summary(results: Results) -> list[str]:
         ("seed", str(results.seed)),
     ]
     return _table(("", ""), rows)
+
+
+def _count_rows(results: Results) -> list[tuple[str, str]]:
+    """How many images trained and validated (absent for a replay and in older results)."""
+    extra = results.extra
+    if "num_train" not in extra or "num_val" not in extra:
+        return []
+    return [("training images", str(extra["num_train"])),
+            ("validation images", str(extra["num_val"]))]
+
+
+def _verdict(results: Results) -> list[str]:
+    """Sentences the table alone leaves to the reader: tuning did not help, or the run was
+    interrupted and resumed."""
+    lines = []
+    zero, best = results.zero_shot_iou, results.best_iou
+    if _finite(zero) and _finite(best) and best <= zero:
+        lines.append(f"Note: {NOT_BETTER}.")
+    interruptions = _int(results.extra.get(EXTRA_INTERRUPTIONS))
+    if interruptions:
+        times = "once" if interruptions == 1 else f"{interruptions} times"
+        lines.append(f"The run was interrupted {times} and resumed with `--resume`; the budget "
+                     "and the trials' curves span all its parts.")
+    return ["", *lines] if lines else []
+
+
+def _images(results: Results) -> list[str]:
+    """Which images validated, so the numbers can be checked on the same images."""
+    split = results.extra.get(EXTRA_SPLIT)
+    if not isinstance(split, dict) or not isinstance(split.get("val"), list):
+        return []
+    val, train = split["val"], split.get("train")
+    trained = f"{len(train)} training and " if isinstance(train, list) else ""
+    names = ", ".join(f"`{stem}`" for stem in val[:STEMS_LISTED])
+    more = (f" and {len(val) - STEMS_LISTED} more" if len(val) > STEMS_LISTED else "")
+    return ["", "## Training and validation images", "",
+            f"{trained}{len(val)} validation images (sampled with seed {results.seed}; every "
+            f"name of both parts is in {RESULTS_FILE}, `extra.split`). Validation images: "
+            f"{names}{more}."]
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _base_rows(results: Results) -> list[tuple[str, str]]:

@@ -28,6 +28,9 @@ EXTRA_ADAPTER_EPOCH = "adapter_epoch"  # which epoch of the best trial the adapt
 EXTRA_ADAPTER_IOU = "adapter_iou"  # the exported adapter's validation IoU, re-measured
 EXTRA_TIMELINE = "timeline"  # [[seconds since the tuning started, best IoU so far], ...]
 EXTRA_INTERRUPTIONS = "interruptions"  # how often the run was interrupted and resumed
+EXTRA_CLASSES = "classes"  # the class ids tuned on, [1..K] (binary: [1])
+EXTRA_WHITE = "white_is_class_one"  # the masks were binary 0/255 (255 read as class 1)
+EXTRA_SPLIT = "split"  # {"train": [stems], "val": [stems]}: the images sampled and their split
 TRIAL_STATUSES = ("TERMINATED", "PAUSED", "ERROR", "RUNNING", "PENDING")
 
 
@@ -175,21 +178,81 @@ def write_results(path: str | Path, results: Results) -> Path:
 
 
 def read_results(path: str | Path) -> Results:
+    """Parse and check a results.json; anything that is not one (a foreign or damaged file,
+    wrong types, bytes that are not UTF-8) is a one-line ``ResultsError`` naming the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise ResultsError(f"{path}: no such file; pass a run folder of qtt_ray.tune") from err
     except json.JSONDecodeError as err:
         raise ResultsError(f"{path}: not valid JSON ({err}); rerun qtt_ray.tune") from err
+    except UnicodeDecodeError as err:
+        raise ResultsError(f"{path}: not a text file ({err.reason} at byte {err.start}); "
+                           "not a qtt_ray results.json, move it away or rerun "
+                           "qtt_ray.tune") from err
+    except OSError as err:
+        raise ResultsError(f"{path}: cannot read it ({err.strerror or err}); check its "
+                           "permissions") from err
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path}: holds {_kind(data)}, not a JSON object; not a "
+                           "qtt_ray results.json")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise ResultsError(f"{path}: missing key {missing[0]!r}; not a qtt_ray results.json")
+    if not isinstance(data["trials"], list):
+        raise ResultsError(f"{path}: 'trials' is {_kind(data['trials'])}, not an array; "
+                           "not a qtt_ray results.json")
     for i, trial in enumerate(data["trials"]):
+        if not isinstance(trial, dict):
+            raise ResultsError(f"{path}: trials[{i}] is {_kind(trial)}, not an object; "
+                               "not a qtt_ray results.json")
         gaps = [k for k in TRIAL_KEYS if k not in trial]
         if gaps:
             raise ResultsError(f"{path}: trials[{i}] lacks {gaps[0]!r}; not a qtt_ray results.json")
-    return Results.from_json(data)
+    for key in ("best_config", "extra"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise ResultsError(f"{path}: {key!r} is {_kind(data[key])}, not an object; "
+                               "not a qtt_ray results.json")
+    try:
+        results = Results.from_json(data)
+        parse_timeline(results.extra.get(EXTRA_TIMELINE))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ResultsError(f"{path}: a field has the wrong type ({type(err).__name__}: "
+                           f"{_first_line(err)}); not a qtt_ray results.json, rerun "
+                           "qtt_ray.tune") from err
+    return results
+
+
+def parse_timeline(saved: Any) -> list[tuple[float, float]]:
+    """``extra["timeline"]`` as (seconds, best IoU) pairs; [] when absent. TypeError or
+    ValueError on anything else (``read_results`` turns them into a ResultsError)."""
+    if saved is None:
+        return []
+    if not isinstance(saved, list):
+        raise TypeError(f"timeline is {_kind(saved)}, not a list")
+    points = []
+    for point in saved:
+        if not isinstance(point, (list, tuple)) or len(point) != 2:
+            raise ValueError(f"timeline entry {point!r} is not a [seconds, IoU] pair")
+        points.append((float(point[0]), float(point[1])))
+    return points
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    for kind, name in ((bool, "a boolean"), ((int, float), "a number"), (str, "a string"),
+                       (list, "an array"), (dict, "an object")):
+        if isinstance(value, kind):
+            return name
+    return f"a {type(value).__name__}"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0][:160] if lines else type(err).__name__
 
 
 def _json_float(value: float | None) -> float | None:

@@ -119,7 +119,8 @@ class TrialRecorder(Callback):
                 self.first_step_at = max(self.first_step_at, self.started_at)
         value = _float(result.get(self.metric))
         epoch = result.get("training_iteration")
-        if epoch is not None and int(epoch) <= record.epochs:
+        repeated = epoch is not None and int(epoch) <= record.epochs
+        if epoch is not None and repeated:
             # a trial restarted from an older checkpoint re-trains epochs: keep the newest
             keep = int(epoch) - 1
             del record.iou[keep:], record.epoch_s[keep:], record.train_s[keep:]
@@ -136,7 +137,9 @@ class TrialRecorder(Callback):
                     and math.isfinite(seconds)):  # NaN: the actor did not do it since last step
                 self.actor_ops.setdefault(key[len("actor_"):-len("_s")], []).append(seconds)
         best = self.best_iou()
-        if best is not None:
+        # a re-trained epoch (see above) that leaves the best as it was is no new point: the
+        # timeline keeps one point per epoch trained, as MLflow's history does
+        if best is not None and not (repeated and self.timeline and self.timeline[-1][1] == best):
             self.timeline.append((self.elapsed(), best))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
@@ -232,6 +235,10 @@ class MlflowTracker(Callback):
         self._logged_epochs = 0
         self._artifacts = True  # see _check_artifact_location
         self._ended: dict[str, str] = {}  # trial id -> Tune's final status (on_experiment_end)
+        # trial id -> the last step (epoch) logged to its run: a trial that re-trains epochs
+        # (restored from an older checkpoint, e.g. one the Ctrl-C's last snapshot lacked) does
+        # not log the same step twice
+        self._last_step: dict[str, int] = {}
         # the tuning clock of results.json (TrialRecorder.elapsed: from the first step, plus
         # an interrupted run's seconds); None: seconds since start()
         self.elapsed_clock: Callable[[], float] | None = None
@@ -246,7 +253,8 @@ class MlflowTracker(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # defaults for what a tuner.pkl written by an older version lacks
-        self.__dict__.update({"_artifacts": True, "_ended": {}, "elapsed_clock": None, **state})
+        self.__dict__.update({"_artifacts": True, "_ended": {}, "elapsed_clock": None,
+                              "_last_step": {}, **state})
 
     @property
     def active(self) -> bool:
@@ -326,6 +334,9 @@ class MlflowTracker(Callback):
             if trial.trial_id in self._closed_children:  # resumed experiment: reopen
                 self._call("update_run", run_id, status="RUNNING")
                 self._closed_children.discard(trial.trial_id)
+                # what the interrupted part logged is in the store, whatever the saved state
+                self._last_step[trial.trial_id] = max(
+                    self._last_step.get(trial.trial_id, 0), self._logged_step(run_id))
             return run_id
         from mlflow.entities import Param, RunTag
 
@@ -362,6 +373,12 @@ class MlflowTracker(Callback):
         from mlflow.entities import Metric
 
         step = int(result.get("training_iteration", 0))
+        if step <= self._last_step.get(trial.trial_id, 0):
+            # the trial re-trained an epoch already logged (after a resume, Tune restored it
+            # from the checkpoint before that epoch): MLflow keeps the first, results.json the
+            # newest (the same value when training is deterministic)
+            return
+        self._last_step[trial.trial_id] = step
         now = int(time.time() * 1000)
         if self.elapsed_clock is not None:
             elapsed = self.elapsed_clock()
@@ -380,6 +397,11 @@ class MlflowTracker(Callback):
         ]
         self._call("log_batch", run_id, metrics=metrics)
         self._logged_epochs += 1
+
+    def _logged_step(self, run_id: str) -> int:
+        """The highest step already logged to a trial's run (0: none)."""
+        history = self._call("get_metric_history", run_id, "elapsed_s") or []
+        return max((int(m.step) for m in history), default=0)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self._end_child(trial.trial_id, "FINISHED", final=True)
@@ -413,13 +435,15 @@ class MlflowTracker(Callback):
         self._closed_children = set(self.child_runs)
 
     # -- the parent run, driven by tune.py ----------------------------------------------------
-    def log_summary(self, metrics: dict[str, float], params: dict[str, Any]) -> None:
+    def log_summary(self, metrics: dict[str, float | None], params: dict[str, Any]) -> None:
+        """Metrics (None or non-finite ones are skipped) and params of the parent run."""
         if not self.active:
             return
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if _finite(v)]
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()
+                 if v is not None and _finite(v)]
         self._call(
             "log_batch",
             self.parent_run_id,
@@ -442,7 +466,14 @@ class MlflowTracker(Callback):
             self._call("log_batch", self.parent_run_id, metrics=metrics[start : start + 900])
 
     def log_artifact(self, path: str | Path) -> None:
-        if self.active and self._artifacts and Path(path).exists():
+        """A file, or a folder (e.g. ``best/``, the exported adapter) under its own name, so
+        a user of a remote store can download the model from the parent run."""
+        path = Path(path)
+        if not (self.active and self._artifacts and path.exists()):
+            return
+        if path.is_dir():
+            self._call("log_artifacts", self.parent_run_id, str(path), path.name)
+        else:
             self._call("log_artifact", self.parent_run_id, str(path))
 
     def close(self, status: str = "FINISHED") -> None:

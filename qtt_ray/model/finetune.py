@@ -288,23 +288,32 @@ class FineTuner:
         else:
             self._best_weights = None
 
-    def export_adapter(self, directory: str | Path) -> Path:
-        """The tuned weights + config + ModelSpec, enough for ``load_adapter`` to rebuild."""
+    def export_adapter(self, directory: str | Path,
+                       info: Mapping[str, Any] | None = None) -> Path:
+        """The tuned weights + config + ModelSpec, enough for ``load_adapter`` to rebuild;
+        ``info`` adds to what the adapter records about its training (see ``_info``)."""
         return export_adapter(self.model, self.spec, self.config, directory, self.seed,
-                              {"epoch": self.epoch})
+                              self._info({"epoch": self.epoch}, info))
 
-    def export_best_adapter(self, directory: str | Path) -> Path:
+    def export_best_adapter(self, directory: str | Path,
+                            info: Mapping[str, Any] | None = None) -> Path:
         """The adapter of the best evaluated epoch (the current weights if none was evaluated);
         the model keeps training from its current weights afterwards."""
         if self._best_weights is None:
-            return self.export_adapter(directory)
+            return self.export_adapter(directory, info)
         current = trainable_state(self.model)
         load_trainable_state(self.model, self._best_weights)
         try:
             return export_adapter(self.model, self.spec, self.config, directory, self.seed,
-                                  {"epoch": self.best_epoch, "iou": self.best_iou})
+                                  self._info({"epoch": self.best_epoch, "iou": self.best_iou},
+                                             info))
         finally:
             load_trainable_state(self.model, current)
+
+    def _info(self, own: dict[str, Any], given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The adapter's info: its epoch, and the class ids it was trained on (``predict``
+        reads masks and names classes by them), then ``given`` (e.g. the mask encoding)."""
+        return {**own, "classes": list(range(1, self.dataset.num_classes + 1)), **(given or {})}
 
     def save(self, directory: str | Path) -> None:
         """``state_dict`` as safetensors + JSON under ``directory``."""
