@@ -538,9 +538,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
     begin = time.monotonic()
     prep = prepare(args, given)
     prep.output.mkdir(parents=True, exist_ok=True)
-    if prep.saved is not None and prep.saved["settings"] != prep.settings.to_json():
-        # a re-pointed checkpoint: the next --resume finds it without --checkpoint
-        update_run_file(prep.output, settings=prep.settings.to_json())
+    remember_relocation(prep)
     budget = float(args.budget)
     spent = 0.0
     if prep.saved is not None:  # the interrupted run's budget, less what it used
@@ -646,6 +644,13 @@ def write_run_file(args: argparse.Namespace, prep: Prepared, budget: float, slot
         "options": {dest: option_value(dest, getattr(args, dest))
                     for dest in (*RESUME_FIXED, "max_failures")},
     }, indent=2))
+
+
+def remember_relocation(prep: Prepared) -> None:
+    """After ``--resume --checkpoint NEW`` (a moved checkpoint, the same file), record NEW in
+    run.json, so the next resume finds it without the option."""
+    if prep.saved is not None and prep.saved["settings"] != prep.settings.to_json():
+        update_run_file(prep.output, settings=prep.settings.to_json())
 
 
 def update_run_file(output: Path, **changes: Any) -> None:

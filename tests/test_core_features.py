@@ -115,11 +115,33 @@ def test_pair_inputs_show_the_prefix_and_target_the_score_at_t() -> None:
     assert y.tolist() == [0.4, BAD_SCORE]  # the diverged epoch is a bad score
 
 
+def triples_of(pairs: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[int, int, int]]:
+    runs, prefixes, targets = (a.tolist() for a in pairs)
+    return list(zip(runs, prefixes, targets, strict=True))
+
+
 def test_task_pairs_keep_next_epoch_pairs_first_and_respect_the_cap() -> None:
     lengths = np.array([5, 5, 2])
     runs, prefixes, targets = task_pairs(lengths, 12, np.random.default_rng(1))
     assert len(runs) == 12
     next_epoch = prefixes == targets - 1
-    assert next_epoch.sum() == 12 or next_epoch.sum() == lengths.sum()  # all 12 next-epoch pairs
+    assert next_epoch.all()  # 12 next-epoch pairs fill a cap of 12 on their own
+    assert len(set(triples_of((runs, prefixes, targets)))) == 12
     few = task_pairs(np.array([2]), 100, np.random.default_rng(1))
     assert len(few[0]) == 3
+
+
+def test_task_pairs_fill_the_cap_with_longer_range_pairs_after_every_next_epoch_pair() -> None:
+    lengths = np.array([5, 5])  # 10 next-epoch pairs, 20 longer-range ones (p < t - 1)
+    pairs = task_pairs(lengths, 14, np.random.default_rng(3))
+    triples = triples_of(pairs)
+    assert len(triples) == 14 and len(set(triples)) == 14
+    assert set(triples) <= set(triples_of(all_pairs(lengths)))
+    next_epoch = {(r, t - 1, t) for r in (0, 1) for t in range(1, 6)}
+    assert next_epoch <= set(triples)
+    extra = set(triples) - next_epoch
+    assert len(extra) == 4 and all(p < t - 1 for _, p, t in extra)
+    assert triples_of(task_pairs(lengths, 14, np.random.default_rng(3))) == triples  # seeded
+    draws = [triples_of(task_pairs(lengths, 14, np.random.default_rng(s))) for s in range(20)]
+    assert all(len(set(draw)) == 14 for draw in draws)  # never a pair twice
+    assert len({tuple(draw) for draw in draws}) > 1  # the extras are a seeded random subset

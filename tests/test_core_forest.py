@@ -90,7 +90,15 @@ def test_the_first_pick_is_the_forest_s_best_and_the_gp_decides_afterwards() -> 
         without = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False, zero_shot_first=False)
         assert without.ask().trial_id == 0  # an untrained GP ranks all alike: the first index
         policy.tell(first.trial_id, 1, 0.5, 10.0)
-        assert policy.ask() is not None  # after an observation the GP's acquisition decides
+        # after an observation the GP's acquisition decides: the next decisions (the observed
+        # trial on, then two others while it trains) are a twin's that never took the forest's
+        # pick, given the same observation (the forest alone would take other ones)
+        twin = QuickTunePolicy(SPACE, pool, META, predictors, adapt=False, zero_shot_first=False)
+        twin.load_state_dict(policy.state_dict())
+        decisions = [policy.ask() for _ in range(3)]
+        assert decisions == [twin.ask() for _ in range(3)]
+        assert decisions[0] is not None and (decisions[0].trial_id, decisions[0].epoch) == (best, 2)
+        assert len({d.trial_id for d in decisions if d is not None}) == 3
 
 
 def test_the_forest_survives_save_and_load_and_a_missing_file_is_named(tmp_path) -> None:

@@ -178,7 +178,8 @@ def test_state_round_trip_gives_the_same_next_decisions() -> None:
         other.load_state_dict(state)
 
 
-def test_online_adaptation_changes_predictions_and_is_bounded() -> None:
+def test_online_adaptation_is_bounded_by_its_time_limit() -> None:
+    """(That adaptation changes the predictions: see the meta-trained tests below.)"""
     p = QuickTunePolicy(
         SPACE,
         SPACE.sample_many(6, 1),
@@ -486,3 +487,32 @@ def test_near_the_deadline_the_incumbent_trains_on_instead_of_exploring() -> Non
     plain.release(plain.running().popitem()[0])
     # too late for even one epoch of the incumbent: the acquisition decides, as without it
     assert exploiting.ask(remaining_s=0.5) == plain.ask(remaining_s=0.5)
+
+
+def test_a_stopped_trial_a_foreign_state_and_a_bad_pool_are_one_line_policy_errors() -> None:
+    p = policy(n=2, max_epochs=1)
+    decision = p.ask()
+    assert decision is not None
+    p.tell(decision.trial_id, 1, 0.5, 1.0)
+    assert p.stop_reason(decision.trial_id) == "max_fidelity"
+    with pytest.raises(PolicyError) as stopped:
+        p.tell(decision.trial_id, 2, 0.6, 1.0)  # the right next epoch, but the trial is done
+    trial = decision.trial_id
+    assert str(stopped.value) == f"tell(trial {trial}): the trial stopped (max_fidelity)"
+    assert p.n_observations == 1 and p.trial_scores(decision.trial_id) == [0.5]
+    state = json.loads(json.dumps(p.state_dict()))
+    state["format"] = "qtt-ray/quicktune-policy/0"
+    fresh = policy(n=2, max_epochs=1)
+    with pytest.raises(PolicyError) as foreign:
+        fresh.load_state_dict(state)
+    assert str(foreign.value) == ("policy state has format 'qtt-ray/quicktune-policy/0', expected "
+                                  "'qtt-ray/quicktune-policy/1'; start a fresh search")
+    assert fresh.n_observations == 0  # nothing of the foreign state was taken
+    bad_pools = {"lr=5.0 is outside [0.0001, 0.1]": [{"lr": 5.0, "optimizer": "adam"}],
+                 "missing active hyperparameter 'optimizer'": [{"lr": 1e-3}],
+                 "optimizer='rmsprop' is not one of ['adam', 'sgd']":
+                     [{"lr": 1e-3, "optimizer": "rmsprop"}]}
+    for message, pool in bad_pools.items():
+        with pytest.raises(PolicyError) as bad:
+            QuickTunePolicy(SPACE, pool, META, PREDICTORS)
+        assert str(bad.value) == f"QuickTunePolicy pool: {message}"

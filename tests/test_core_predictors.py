@@ -280,3 +280,30 @@ def test_prior_group_lasso_switches_off_uninformative_inputs() -> None:
         quality = predictor.model.prior(torch.as_tensor(arrays[0].configs)).detach().numpy()
         assert spearmanr(quality, arrays[0].scores[:, -1]).statistic > 0.8
     assert share[0.3] > 2 * share[0.0]
+
+
+@pytest.mark.parametrize(("part", "key"), [(None, "features"), (None, "performance"),
+                                           (None, "cost"), ("cost", "log_mean"),
+                                           ("features", "space")])
+def test_a_predictors_json_missing_a_key_is_one_line_naming_file_key_and_fix(
+    tmp_path: Path, part: str | None, key: str
+) -> None:
+    folder = untrained_predictors(SPACE, ["num_samples"]).save(tmp_path / "artefact")
+    spec_path = Path(folder) / "predictors.json"
+    spec = json.loads(spec_path.read_text())
+    del (spec if part is None else spec[part])[key]
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(PredictorError) as err:
+        Predictors.load(folder)
+    assert str(err.value) == f"{spec_path} is malformed ('{key}'); re-save the predictors"
+
+
+def test_a_predictors_json_that_is_not_json_is_one_line(tmp_path: Path) -> None:
+    folder = untrained_predictors(SPACE, ["num_samples"]).save(tmp_path / "artefact")
+    spec_path = Path(folder) / "predictors.json"
+    spec_path.write_text('{"format_version": 3, "features": ')  # cut short while writing
+    with pytest.raises(PredictorError) as err:
+        Predictors.load(folder)
+    message = str(err.value)
+    assert message.startswith(f"{spec_path} is malformed (") and "\n" not in message
+    assert message.endswith("); re-save the predictors")

@@ -38,9 +38,11 @@ def test_default_takes_100_images_like_the_paper() -> None:
 
 def test_real_folder_split_is_deterministic(shared_dir: Path) -> None:
     root = shared_dir / "data" / "drive_retina_vessels"
-    assert _stems(load_dataset(root, num_images=10, seed=4)) == _stems(
-        load_dataset(str(root), num_images=10, seed=4)
-    )
+    train, val = _stems(load_dataset(root, num_images=10, seed=4))
+    assert (train, val) == _stems(load_dataset(str(root), num_images=10, seed=4))
+    assert (len(train), len(val)) == (8, 2) and not set(train) & set(val)
+    other_train, other_val = _stems(load_dataset(root, num_images=10, seed=5))
+    assert set(train + val) != set(other_train + other_val)  # another seed, another subset
 
 
 def test_order_ignores_input_order_and_grows_as_a_prefix() -> None:

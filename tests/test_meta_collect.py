@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from plain_user import run_as_a_plain_user
 from ray_fixtures import ray_session  # noqa: F401
 
 from qtt_ray.cli import CliError, join_ray_cluster
@@ -70,7 +71,7 @@ def test_build_run_records_costs_divergence_and_details() -> None:
     assert details["settings"] == SETTINGS
 
 
-def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path) -> None:
+def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path, capsys) -> None:
     out = tmp_path / "meta.parquet"
     plans = plan_collection(["demo"], 3, 0, out, num_images=12, data_seed=0)
     assert len(plans[0].configs) == 3 and plans[0].skipped == 0
@@ -83,20 +84,32 @@ def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path) -> None:
     # the same dataset name with other meta-features (another subsample size) is refused
     assert main(["collect", "--data", "demo", "--configs", "3", "--epochs", "2",
                  "--model", "micro", "--num-images", "20", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"python -m qtt_ray.meta collect: error: {out}:") and "\n" not in err
+    assert "'demo' was recorded with other meta-features" in err, err
+    assert "--num-images" in err and "use the same options or another --out" in err, err
 
 
-def test_bad_options_are_one_line_errors(tmp_path, capsys) -> None:
+@pytest.mark.parametrize(("case", "needles"), [
+    ("epochs", ["--epochs 11", "must be 1..10"]),
+    ("configs", ["--configs 0", "at least 1 configuration"]),
+    ("same-name", ["--data", "both named 'demo'", "rename one"]),
+    ("no-folder", ["none does not exist", "images/<stem>", "or use 'demo'"]),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, case: str,
+                                         needles: list[str]) -> None:
     out = str(tmp_path / "m.parquet")
-    cases = [
-        ["collect", "--data", "demo", "--configs", "2", "--epochs", "11", "--out", out],
-        ["collect", "--data", "demo", "--configs", "0", "--out", out],
-        ["collect", "--data", "demo", "demo", "--configs", "2", "--out", out],
-        ["collect", "--data", str(tmp_path / "none"), "--configs", "2", "--out", out],
-    ]
-    for argv in cases:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("python -m qtt_ray.meta collect: error:") and "\n" not in err
+    argv = {
+        "epochs": ["collect", "--data", "demo", "--configs", "2", "--epochs", "11", "--out", out],
+        "configs": ["collect", "--data", "demo", "--configs", "0", "--out", out],
+        "same-name": ["collect", "--data", "demo", "demo", "--configs", "2", "--out", out],
+        "no-folder": ["collect", "--data", str(tmp_path / "none"), "--configs", "2",
+                      "--out", out],
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m qtt_ray.meta collect: error:") and "\n" not in err
+    assert all(needle in err for needle in needles), err  # the option and the fix
 
 
 @pytest.mark.slow
@@ -183,14 +196,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_training(tmp_path, c
         str(tmp_path / "no" / "m.parquet"): "does not exist",
         str(tmp_path / "meta.csv"): "name it meta.parquet",
     }
-    if os.geteuid() != 0:  # root writes anywhere
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        cases[str(locked / "m.parquet")] = "cannot write there"
     for out, message in cases.items():
         assert main([*base, "--out", out]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
+    # a folder without write permission, for root too (a child without root's power over modes)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code = "import sys\nfrom qtt_ray.meta.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+    done = run_as_a_plain_user(code, *base, "--out", str(locked / "m.parquet"))
+    err = done.stderr.strip()
+    assert done.returncode == 2, err[-2000:]
+    assert err == (f"python -m qtt_ray.meta collect: error: --out {locked / 'm.parquet'}: "
+                   "cannot write there; pass a path you can write"), err
+    assert not (locked / "m.parquet").exists()
     assert main([*base, "--batch-size", "0", "--out", str(tmp_path / "m.parquet")]) == 2
     assert "--batch-size 0" in capsys.readouterr().err
 

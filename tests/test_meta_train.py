@@ -193,16 +193,23 @@ def test_a_meta_feature_tune_cannot_compute_is_warned_at_training(curves_file, t
     assert not any(line.startswith(("note", "warning")) for line in lines)
 
 
-def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys) -> None:
-    cases = [
-        ["train", "--meta", str(curves_file), "--out", str(tmp_path / "a"), "--holdout", "nope"],
-        ["train", "--meta", str(tmp_path / "missing.parquet"), "--loo"],
-        ["train", "--meta", str(curves_file)],
-    ]
-    for argv in cases:
-        assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("python -m qtt_ray.meta train: error:") and "\n" not in err
+@pytest.mark.parametrize(("case", "needles"), [
+    ("unknown-holdout", ["--holdout nope", "choose from ['alpha', 'beta', 'delta', 'gamma']"]),
+    ("missing-meta", ["missing.parquet", "no such meta-dataset file", "check the path"]),
+    ("no-out", ["give --out DIR", "and/or --loo"]),
+])
+def test_bad_inputs_are_one_line_errors(curves_file, tmp_path, capsys, case: str,
+                                        needles: list[str]) -> None:
+    argv = {
+        "unknown-holdout": ["train", "--meta", str(curves_file), "--out", str(tmp_path / "a"),
+                            "--holdout", "nope"],
+        "missing-meta": ["train", "--meta", str(tmp_path / "missing.parquet"), "--loo"],
+        "no-out": ["train", "--meta", str(curves_file)],
+    }[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("python -m qtt_ray.meta train: error:") and "\n" not in err
+    assert all(needle in err for needle in needles), err  # the option and the fix
 
 
 def test_too_little_meta_data_is_one_clear_line(tmp_path, capsys) -> None:

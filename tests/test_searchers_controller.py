@@ -188,3 +188,30 @@ def test_a_trial_tune_pauses_against_a_continue_is_run_again() -> None:
     trial.set_status(Trial.PAUSED)  # Tune's queued PAUSE wins
     assert ctl.is_in_flight("a") and not ctl.is_paused("a")
     assert scheduler.choose_trial_to_run(Live([trial])) is trial
+
+
+def test_a_budget_spent_between_results_finishes_at_the_next_decision() -> None:
+    ctl = controller(slots=2, budget=25.0)
+    assert ctl.start_new("a") is not None
+    asked = len(ctl.history)
+    ctl.clock.advance(60.0)  # two slots: 30 s of the 25 s budget, told by nothing ctl saw
+    assert ctl.start_new("b") is None  # decide() finds the budget spent: no new trial
+    assert ctl.exhausted and len(ctl.history) == asked  # the policy was not asked again
+    assert not ctl.should_finish_search()  # "a" is still training
+    assert ctl.on_result("a", result(0.4, cost=1.0)) == "stop"
+    assert ctl.should_finish_search()
+
+
+def test_a_result_from_a_trial_not_asked_to_train_stops_it_untold(caplog) -> None:
+    ctl = controller(slots=1)
+    decision = ctl.start_new("a")
+    assert decision is not None
+    assert ctl.on_result("a", result(0.5)) == "pause"
+    with caplog.at_level("WARNING", logger="qtt_ray.searchers.controller"):
+        assert ctl.on_result("a", result(0.9)) == "stop"  # paused: nobody asked for an epoch
+        assert ctl.on_result("ghost", result(0.9)) == "stop"  # a trial the controller never made
+    assert ctl.policy.curves[decision.trial_id] == [0.5]  # neither result reached the policy
+    assert sum(len(curve) for curve in ctl.policy.curves) == 1
+    assert not ctl.is_paused("a")  # closed: it will not be resumed
+    assert [r.getMessage() for r in caplog.records] == [
+        f"result from trial {t}, which was not asked to train: stop" for t in ("a", "ghost")]

@@ -11,6 +11,7 @@ from ray_fixtures import fit, ray_session, synthetic_meta  # noqa: F401
 
 from qtt_ray.bench.peers import Hyperband
 from qtt_ray.searchers import SimulatedClock, make_search
+from qtt_ray.space import config_key
 from qtt_ray.tracking import TrialRecorder
 from qtt_ray.trainables.replay_trainable import RUN_ID_KEY, ReplayCurves, ReplayTrainable
 
@@ -65,15 +66,23 @@ def test_two_slots_pause_resume_and_reuse_actors(ray_session, tmp_path) -> None:
 
 def test_random_and_asha_searchers_run(ray_session, tmp_path) -> None:  # noqa: F811
     meta = synthetic_meta(30)
-    for name in ("random", "asha"):
-        # the replay looks curves up by configuration: draw from the recorded ones only
-        setup = make_search(name, space=meta.space, slots=2, seed=0,
-                            pool=[r.config for r in meta.runs])
+    rungs = {1, 3, 9}  # ASHA: grace 1 epoch, reduction 3, max 10 (qtt_ray.searchers.setup)
+    # the replay looks curves up by configuration: draw from the recorded ones only; the run
+    # ends when the pool is used up (a budget it never reaches: the counts are deterministic)
+    for name, size in (("random", 8), ("asha", 15)):
+        pool = [r.config for r in meta.runs[:size]]
+        setup = make_search(name, space=meta.space, slots=2, seed=0, pool=pool)
         recorder = TrialRecorder()
         grid, _ = fit(replay_trainable(meta), setup, tmp_path, name, callbacks=[recorder],
-                      time_budget_s=8)
-        assert recorder.records(), name
-        epochs = [r.epochs for r in recorder.records()]
-        assert max(epochs) <= 10
+                      time_budget_s=600)
+        assert not grid.errors, name
+        records = recorder.records()
+        assert len(records) == size, name  # every configuration of the pool, once
+        assert len({config_key(r.config) for r in records}) == size, name
+        epochs = [r.epochs for r in records]
         if name == "random":
-            assert all(e == 10 for e in epochs[:-2])  # full training (the last may be cut)
+            assert epochs == [10] * size  # full training of every configuration
+        else:
+            assert max(epochs) == 10  # the best went all the way
+            stopped = [e for e in epochs if e < 10]
+            assert stopped and set(stopped) <= rungs, epochs  # early stops happen at rungs only

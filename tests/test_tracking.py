@@ -60,17 +60,48 @@ def test_runs_nest_log_batches_and_finish(ray_session, tmp_path) -> None:  # noq
 
 
 def test_time_budget_leaves_no_run_running(ray_session, tmp_path) -> None:  # noqa: F811
-    # each replayed epoch sleeps 0.1 s: the 3 s budget ends the search with trials paused
-    client, tracker, recorder = tracked_run(tmp_path, "cut", 3.0, 0.01)
+    # The budget counts from the first step's start, which a result dates by its epoch_s: a
+    # replayed epoch reports its recorded cost (5-20 s in synthetic_meta), so the first result
+    # alone spends this 3 s budget and the search ends there, whatever the machine's speed.
+    # Uncut, Hyperband trains 9 trials, the first one for 10 epochs.
+    assert min(float(r.costs[0]) for r in synthetic_meta(9).runs) > 3.0
+    client, tracker, recorder = tracked_run(tmp_path, "cut", 3.0, 0.0)
     runs = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
     assert len(runs) == 1 + len(tracker.child_runs)
     assert {run.info.status for run in runs} <= TERMINAL
-    # each trial's run says what results.json says (the recorder): one vocabulary mapped
+    assert [r.epochs for r in recorder.records()] == [1]  # cut by the budget after one epoch
+    # each trial's run says what results.json says (the recorder): one vocabulary mapped; Tune
+    # terminates a trial the budget cut, so its run ends FINISHED with the epochs it trained
     statuses = {r.trial_id: r.status for r in recorder.records()}
-    assert "TERMINATED" in statuses.values()
+    assert list(statuses.values()) == ["TERMINATED"]
     for trial_id, status in statuses.items():
         want = {"TERMINATED": "FINISHED", "ERROR": "FAILED"}.get(status, "KILLED")
         assert client.get_run(tracker.child_runs[trial_id]).info.status == want, status
+
+
+def test_runs_end_as_tune_ended_their_trials_and_killed_when_interrupted(tmp_path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    ended = {"a": "TERMINATED", "b": "ERROR", "c": "PAUSED", "d": "PENDING"}
+    trials = [SimpleNamespace(trial_id=t, config={"lr": 1e-3}, status=s) for t, s in
+              ended.items()]
+    finished = MlflowTracker(uri, "tests", "finished", {})
+    finished.start()
+    for trial in trials:
+        finished.on_trial_start(0, trials, trial)
+    finished.on_experiment_end(trials)
+    finished.close("FINISHED")
+    got = {t: client.get_run(finished.child_runs[t]).info.status for t in ended}
+    assert got == {"a": "FINISHED", "b": "FAILED", "c": "KILLED", "d": "KILLED"}
+    interrupted = MlflowTracker(uri, "tests", "interrupted", {})
+    interrupted.start()
+    for trial in trials:
+        interrupted.on_trial_start(0, trials, trial)
+    interrupted.on_experiment_end(trials)  # a Ctrl-C ends the experiment too
+    interrupted.close("KILLED")
+    assert {client.get_run(run).info.status for run in interrupted.child_runs.values()} == {
+        "KILLED"}
+    assert client.get_run(interrupted.parent_run_id).info.status == "KILLED"
 
 
 def test_artifacts_go_beside_the_sqlite_database_not_the_working_directory(

@@ -80,6 +80,10 @@ def test_resume_after_the_checkpoint_moved(files, tmp_path) -> None:
     prep = _resume(run, "--checkpoint", str(moved))
     assert prep.settings.checkpoint == str(moved) and prep.spec.checkpoint == str(moved)
     assert prep.spec.checkpoint_sha256 == prep.settings.checkpoint_sha256
+    tune.remember_relocation(prep)  # what tune_main does first on a resume
+    again = _resume(run)  # the next resume needs no --checkpoint
+    assert again.settings.checkpoint == str(moved)
+    assert again.settings.checkpoint_sha256 == prep.settings.checkpoint_sha256
 
 
 def test_resume_refuses_another_file(files, tmp_path) -> None:
@@ -102,16 +106,32 @@ def test_resume_compares_paths_resolved_not_as_typed(files, tmp_path, monkeypatc
 
 
 def test_a_training_state_loads_onto_the_moved_base(files, tmp_path) -> None:
+    import torch
+
     from qtt_ray.data import load_dataset
     from qtt_ray.model.build import locate_checkpoint, with_fingerprint
+    from qtt_ray.model.lora import trainable_state
 
     dataset = load_dataset(files["data"], num_images=8)
     spec = with_fingerprint(resolve_spec("micro", checkpoint=files["a"], image_size=S))
     state = FineTuner(spec, CONFIG, dataset).state_dict()
     moved = tmp_path / "moved.pt"
     shutil.copyfile(files["a"], moved)
+    # weights the fresh tuner cannot have by chance: loading must copy them in
+    state["trainable"] = {k: v + 0.25 for k, v in state["trainable"].items()}
     tuner = FineTuner(locate_checkpoint(spec, moved), CONFIG, dataset)
     tuner.load_state_dict(state)  # the same base, wherever its file lies now
+    loaded = trainable_state(tuner.model)
+    assert loaded.keys() == state["trainable"].keys()
+    assert all(torch.equal(loaded[k], state["trainable"][k]) for k in loaded)
+    # another file of the same size is not the base: refused by its fingerprint, and a state
+    # of one base never loads onto another one
+    with pytest.raises(ModelError, match="not the file this model was tuned with"):
+        locate_checkpoint(spec, files["b"])
+    other = FineTuner(with_fingerprint(resolve_spec("micro", checkpoint=files["b"],
+                                                    image_size=S)), CONFIG, dataset)
+    with pytest.raises(ValueError, match="another base model"):
+        other.load_state_dict(state)
 
 
 # -- D5: --image-size is explained ---------------------------------------------------------
