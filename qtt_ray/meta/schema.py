@@ -47,6 +47,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qtt_ray.file_modes import as_if_opened
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.space import Categorical, Config, SearchSpace, SpaceError, config_key
 
@@ -118,7 +119,7 @@ def write_meta(meta: MetaDataset, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from a team
+    as_if_opened(tmp)  # mkstemp's 0600 would hide the file from a team
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
@@ -126,19 +127,6 @@ def write_meta(meta: MetaDataset, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (``os.umask`` would change it for every
-    thread for a moment); 022 where /proc does not say."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 # -- reading and validation --------------------------------------------------------------------

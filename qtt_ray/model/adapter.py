@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from qtt_ray.file_modes import as_if_opened
 from qtt_ray.model.build import ModelError, ModelSpec, build_model, locate_checkpoint
 from qtt_ray.model.lora import load_trainable_state, make_trainable, trainable_state
 
@@ -48,7 +49,7 @@ def export_adapter(
     folder.mkdir(parents=True, exist_ok=True)
     save_file(trainable_state(model), str(folder / WEIGHTS))
     # safetensors writes 0600: colleagues could not load the model from a shared run folder
-    os.chmod(folder / WEIGHTS, 0o666 & ~_umask())
+    as_if_opened(folder / WEIGHTS)
     meta = {
         "format": ADAPTER_FORMAT,
         "config": dict(config),
@@ -58,19 +59,6 @@ def export_adapter(
     }
     (folder / META).write_text(json.dumps(meta, indent=1))
     return folder
-
-
-def _umask() -> int:
-    """The process umask, read without setting it (``os.umask`` would change it for every
-    thread for a moment); 022 where /proc does not say."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
 
 
 def load_adapter(
