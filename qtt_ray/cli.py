@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 USAGE_EXIT = 2
 PROBE_S = 3.0  # seconds to wait for a Ray head's port before calling it absent
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # treated as Ctrl-C while Tune runs
 
 
 class CliError(ValueError):
@@ -69,23 +70,42 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
 
 @contextmanager
 def sigterm_stops_like_ctrl_c() -> Iterator[None]:
-    """While active, SIGTERM (``kill``, a batch scheduler's time limit) stops a run the way
-    Ctrl-C does: Tune ends it gracefully, so it can be resumed. The handler ``ray.init``
-    installs exits at once instead (a C++ abort dump, and for ``tune`` an interrupted run whose
-    spent budget was never recorded), so enter this after Ray has started."""
+    """While active, SIGTERM (``kill``, a batch scheduler's time limit) and SIGHUP (the SSH
+    session or terminal went away) stop a run the way Ctrl-C does: Tune ends it gracefully, so
+    it can be resumed. The SIGTERM handler ``ray.init`` installs exits at once instead (a C++
+    abort dump, and for ``tune`` an interrupted run whose spent budget was never recorded), and
+    SIGHUP killed the driver outright, so enter this after Ray has started."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _interrupt_instead)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt_instead)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def _interrupt_instead(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
+
+
+def probe_ray_head(address: str) -> None:
+    """A ``host:port`` where nothing answers is one line at once (``ray.init`` retries for
+    minutes); called before any slow start-up, and again when joining."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+    except OSError as err:
+        raise CliError(
+            f"--address {address}: nothing answers there ({err}); start the head with "
+            "`ray start --head` (or `ray up cluster.yaml`) and pass its address, or drop "
+            "--address to run locally"
+        ) from err
 
 
 def join_ray_cluster(address: str, **init_kwargs: object) -> None:
@@ -95,20 +115,28 @@ def join_ray_cluster(address: str, **init_kwargs: object) -> None:
     retries for minutes, so the port is probed first."""
     import ray
 
-    host, _, port = address.rpartition(":")
-    if "://" not in address and host and port.isdigit():
-        try:
-            socket.create_connection((host, int(port)), timeout=PROBE_S).close()
-        except OSError as err:
-            raise CliError(
-                f"--address {address}: nothing answers there ({err}); start the head with "
-                "`ray start --head` (or `ray up cluster.yaml`) and pass its address, or drop "
-                "--address to run locally"
-            ) from err
+    probe_ray_head(address)
     try:
         ray.init(address=address, **init_kwargs)  # type: ignore[arg-type]
     except ConnectionError as err:
+        if token_auth_left_off():
+            raise CliError(
+                f"--address {address}: the cluster did not let this driver in; Ray sends its "
+                "token to an address given by hand only with RAY_AUTH_MODE=token: set it (the "
+                "token, ~/.ray/auth_token or $RAY_AUTH_TOKEN, must be the cluster's)"
+            ) from err
         raise CliError(
             f"--address {address}: no Ray cluster found ({one_line(err)}); start one with "
             "`ray start --head` (or `ray up cluster.yaml`), or drop --address to run locally"
         ) from err
+
+
+def token_auth_left_off() -> bool:
+    """A token is at hand but RAY_AUTH_MODE is unset: Ray then joins an explicit address
+    without it, and a cluster with token authentication (Ray's default) refuses the driver."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_MODE") is not None:
+        return False
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())

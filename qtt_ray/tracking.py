@@ -51,6 +51,9 @@ class TrialRecorder(Callback):
         self.spent_before = 0.0  # seconds of an interrupted experiment (on resume)
         self._starts: dict[str, int] = {}
         self.checkpoints: dict[str, str] = {}  # trial id -> latest checkpoint folder
+        # trial id -> Ray's Checkpoint of it, with its filesystem: an object store's path
+        # (bucket/prefix/...) opens only with its filesystem (not saved with the state)
+        self.checkpoint_handles: dict[str, Any] = {}
         # (start, end, trial id, iteration) of every step that reported its wall times: the
         # gaps between consecutive steps on one slot are the latency between epochs (decision,
         # checkpoint, actor switch)
@@ -155,6 +158,31 @@ class TrialRecorder(Callback):
                 self.trials[trial.trial_id].status = str(trial.status)
             if trial.checkpoint is not None:
                 self.checkpoints[trial.trial_id] = trial.checkpoint.path
+                self.checkpoint_handles[trial.trial_id] = trial.checkpoint
+
+    # Tune pickles callbacks into tuner.pkl: the handles are this process's (set again at the
+    # experiment's end); a tuner.pkl written before they existed lacks them
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "checkpoint_handles": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"checkpoint_handles": {}, **state})
+
+    def checkpoint(self, trial_id: str, storage: str) -> Any:
+        """The trial's latest checkpoint as a Ray ``Checkpoint`` (``as_directory`` gives a local
+        folder, downloaded when remote), or None: the one Tune handed over, else the recorded
+        path on ``storage``'s filesystem (a path alone is no folder on an object store)."""
+        handle = self.checkpoint_handles.get(trial_id)
+        if handle is not None or trial_id not in self.checkpoints:
+            return handle
+        from ray.train import Checkpoint
+
+        from qtt_ray.trainables.checkpoints import storage_filesystem
+
+        path = self.checkpoints[trial_id]
+        if "://" in path:
+            return Checkpoint(path)
+        return Checkpoint(path, storage_filesystem(storage)[0])
 
     def best_iou(self) -> float | None:
         values = [r.best_iou for r in self.trials.values() if math.isfinite(r.best_iou)]

@@ -23,7 +23,6 @@ import functools  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
-import shutil  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -36,6 +35,7 @@ from qtt_ray.cli import (  # noqa: E402
     CliError,
     join_ray_cluster,
     one_line,
+    probe_ray_head,
     run_cli,
     sigterm_stops_like_ctrl_c,
 )
@@ -168,6 +168,8 @@ def check_args(args: argparse.Namespace) -> None:
                        f"an interrupted {PROG} run")
     if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
         raise CliError(f"--output {args.output} is a file; pass a folder (new or existing)")
+    if args.address:  # before data, model and zero-shot: minutes on a CPU head
+        probe_ray_head(args.address)
 
 
 def check_local_gpus(gpus_per_trial: float) -> None:
@@ -317,6 +319,29 @@ def resume_storage(saved: str, experiment: str, output: Path) -> str:
     return saved
 
 
+def check_storage(storage: str, experiment: str, source: str, fix: str,
+                  resume: bool = False) -> None:
+    """Storage Ray cannot use fails here in one line, before the model is built: Ray would
+    fail after zero-shot with a traceback (a path component that is a file, a bucket that does
+    not exist or cannot be reached), and a resume whose experiment is gone in Tuner.restore.
+    ``source`` names the option that gave the storage, ``fix`` what to do."""
+    from pyarrow.fs import FileType
+
+    from qtt_ray.trainables.checkpoints import probe_storage, storage_filesystem
+
+    where = f"{storage.rstrip('/')}/{experiment}" if "://" in storage else str(
+        Path(storage) / experiment)
+    try:
+        fs, path = storage_filesystem(storage)
+        probe_storage(fs, path)
+        found = fs.get_file_info(f"{path.rstrip('/')}/{experiment}").type
+    except (OSError, ValueError) as err:
+        raise CliError(f"{source}: Ray's storage {storage} cannot be used "
+                       f"({one_line(err)[:160]}); {fix}") from err
+    if resume and found != FileType.Directory:
+        raise CliError(f"{source}: the Ray experiment {where} is gone; start a new run")
+
+
 def dataset_fingerprint(prep: Prepared) -> dict[str, Any]:
     """What a resumed run must find again: the same dataset split (and model)."""
     if prep.replay is not None:
@@ -402,9 +427,9 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
                 "it was edited or cut off, start a new run with --output"
             ) from err
         storage = resume_storage(storage, experiment, output)
-        if "://" not in storage and not (Path(storage) / experiment).is_dir():
-            raise CliError(f"--resume {args.resume}: the Ray experiment "
-                           f"{Path(storage) / experiment} is gone; start a new run")
+        check_storage(storage, experiment, f"--resume {args.resume}",
+                      "make it reachable again (mount, credentials, network) to resume",
+                      resume=True)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         output = Path(args.output or Path("runs") / stamp).resolve()
@@ -423,7 +448,16 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
         storage = args.storage or os.environ.get(STORAGE_ENV) or str(output / DEFAULT_STORAGE)
         if "://" not in storage:
             storage = str(Path(storage).resolve())
-        experiment = f"tune-{output.name}"
+        # unique: runs whose --output folders share a name may share a storage path, and one
+        # must not prune or overwrite (tuner.pkl) the other's experiment; resume reads run.json
+        experiment = f"tune-{output.name}-{os.urandom(4).hex()}"
+        if args.storage:
+            source, fix = f"--storage {args.storage}", "pass a folder or bucket that can be written"
+        elif os.environ.get(STORAGE_ENV):
+            source, fix = f"${STORAGE_ENV}", "set it to a folder or bucket that can be written"
+        else:
+            source, fix = f"--output {output}", "pass an --output folder that can be written"
+        check_storage(storage, experiment, source, fix)
     prep = Prepared(settings, None, None, searcher, predictors, output, storage, experiment,
                     replay=replay, saved=saved)
     if replay is not None:
@@ -491,8 +525,29 @@ def start_ray(address: str | None = None) -> None:
             join_ray_cluster(address, log_to_driver=False, logging_level=logging.WARNING,
                              runtime_env={"env_vars": env})
             return
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING, runtime_env={"env_vars": env})
+        # "local": a Ray of our own, also where `ray start` runs a cluster (plain ray.init would
+        # join that one and refuse num_cpus with a traceback); --address auto joins it
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env})
+
+
+def cluster_hosts() -> set[str]:
+    """The machines of the running Ray cluster (several nodes of one machine count once)."""
+    import ray
+
+    return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
+
+
+def storage_warning(prep: Prepared, hosts: set[str]) -> str | None:
+    """Trials on several machines with checkpoints in the default folder on this one: a trial
+    paused on one machine cannot resume on another (Ray needs storage they all reach)."""
+    default = str((prep.output / DEFAULT_STORAGE).resolve())
+    if len(hosts) < 2 or "://" in prep.storage or prep.storage != default:
+        return None
+    return (f"the Ray cluster spans {len(hosts)} machines but checkpoints go to {prep.storage} "
+            f"on this one; pass --storage (or ${STORAGE_ENV}) with storage every node reaches "
+            "(s3://..., NFS), or a paused trial cannot resume on another machine")
 
 
 def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
@@ -534,6 +589,8 @@ class InterruptWatch:
 
 
 def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
+    if args.address is None and os.environ.get("RAY_ADDRESS"):
+        args.address = os.environ["RAY_ADDRESS"]  # `ray job submit` sets it for its entrypoint
     check_args(args)
     begin = time.monotonic()
     prep = prepare(args, given)
@@ -563,6 +620,9 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
               flush=True)
     start_ray(args.address)
     plan = plan_trials(args)
+    warning = storage_warning(prep, cluster_hosts())
+    if warning:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     slots = int(prep.saved["slots"]) if prep.saved else plan.slots
     if prep.saved is None:
         write_run_file(args, prep, budget, slots)
@@ -594,7 +654,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         elapsed = fit_s - worker_startup_s
         if watch.interrupted:
             status = "KILLED"
-            interrupted(prep, spent + elapsed)
+            interrupted(prep, spent + elapsed, args.address)
             return INTERRUPTED_EXIT
         status = "FINISHED"
         final_start = time.monotonic()
@@ -619,12 +679,13 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         if not args.keep_checkpoints:
             removed, size = prune_trial_checkpoints(prep.storage, prep.experiment)
             if removed:
+                kept = ("" if prep.replay is not None  # a replay exports no model
+                        else f"; the best model is in {prep.output / ADAPTER_DIR}")
                 print(f"removed {removed} trial checkpoints ({size / 1e6:.0f} MB) of the finished "
-                      f"run; the best model is in {prep.output / ADAPTER_DIR} "
-                      "(--keep-checkpoints keeps them)")
+                      f"run{kept} (--keep-checkpoints keeps them)")
     except KeyboardInterrupt:
         status = "KILLED"
-        interrupted(prep, spent + time.monotonic() - begin)
+        interrupted(prep, spent + time.monotonic() - begin, args.address)
         return INTERRUPTED_EXIT
     finally:
         if tracker is not None:
@@ -662,13 +723,14 @@ def update_run_file(output: Path, **changes: Any) -> None:
     tmp.replace(path)
 
 
-def interrupted(prep: Prepared, spent_s: float) -> None:
-    """Remember the budget used so far and say how to continue."""
+def interrupted(prep: Prepared, spent_s: float, address: str | None = None) -> None:
+    """Remember the budget used so far and say how to continue (on the same cluster)."""
     saved = json.loads((prep.output / RUN_FILE).read_text())
     update_run_file(prep.output, spent_s=spent_s,
                     interruptions=int(saved.get("interruptions", 0)) + 1)
+    join = f" --address {address}" if address else ""
     print(f"\n{PROG}: interrupted after {spent_s:.0f} s of the {saved['budget_s']:g} s budget; "
-          f"continue with:\n  {PROG} --resume {prep.output}", file=sys.stderr, flush=True)
+          f"continue with:\n  {PROG} --resume {prep.output}{join}", file=sys.stderr, flush=True)
 
 
 def quicktune_policy_factory(args: argparse.Namespace, prep: Prepared) -> Any:
@@ -888,25 +950,31 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
     )
 
 
-def prune_trial_checkpoints(storage: str, experiment: str) -> tuple[int, int]:
+def prune_trial_checkpoints(storage: str, experiment: str,
+                            filesystem: Any = None) -> tuple[int, int]:
     """Remove the trials' checkpoint folders of a finished run: a finished run cannot be
     resumed and its best model is exported, so they are only disk (tens of MB per trial with an
-    official SAM2). Local storage only; returns (folders, bytes) removed."""
-    if "://" in storage:
+    official SAM2). Any storage Ray writes to (a folder, ``file://``, an object store; with
+    ``filesystem``, ``storage`` is a path on it, as Ray's ``storage_filesystem``), this run's
+    experiment folder only; returns (folders, bytes) removed. Failing storage only warns: the
+    run's outputs are written by then."""
+    from qtt_ray.trainables.checkpoints import remove_trial_checkpoints, storage_filesystem
+
+    try:
+        fs, path = (filesystem, storage) if filesystem is not None else storage_filesystem(
+            storage)
+        return remove_trial_checkpoints(fs, f"{path.rstrip('/')}/{experiment}")
+    except (OSError, ValueError) as err:
+        print(f"{PROG}: warning: the trial checkpoints in {storage} stay ({one_line(err)[:160]})",
+              file=sys.stderr)
         return 0, 0
-    removed, size = 0, 0
-    for folder in sorted((Path(storage) / experiment).glob("*/checkpoint_*")):
-        if folder.is_dir():
-            size += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed, size
 
 
 def export_best(recorder: Any, results: Results, prep: Prepared, device: str) -> dict[str, Any]:
     """The best trial's latest checkpoint carries its best epoch's weights: export those (not the
     last epoch's) to ``<output>/best``; ``adapter_iou`` re-measures the exported files."""
-    checkpoint = recorder.checkpoints.get(results.best_trial or "")
+    # with its filesystem: an object store's checkpoint path (bucket/prefix/...) is no folder
+    checkpoint = recorder.checkpoint(results.best_trial or "", prep.storage)
     if checkpoint is None or results.best_config is None:
         return {}
     from qtt_ray.model.adapter import load_adapter
@@ -915,7 +983,8 @@ def export_best(recorder: Any, results: Results, prep: Prepared, device: str) ->
 
     tuner = FineTuner(prep.spec, results.best_config, prep.dataset, device=device,
                       seed=prep.settings.seed, batch_size=prep.settings.batch_size)
-    tuner.load(checkpoint)
+    with checkpoint.as_directory() as local:  # downloaded from remote storage, then removed
+        tuner.load(local)
     folder = tuner.export_best_adapter(prep.output / ADAPTER_DIR, class_info(prep.dataset))
     del tuner
     exported = load_adapter(folder, device)

@@ -100,7 +100,8 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+                         ids=["ctrl-c", "kill", "hangup"])
 def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
     replay_inputs, reference_curves, tmp_path, stop_signal: int  # noqa: F811
 ) -> None:
@@ -108,7 +109,8 @@ def test_resume_after_ctrl_c_at_six_epochs_finishes_the_same_run(
     paused the catch-up trial although the controller answered CONTINUE, and the resumed run
     spun forever (e14e05f, twice). Then it finished but trained other epochs (3fc6b71): the
     given-back decision was re-made with the adaptation started after it. SIGTERM (``kill``, a
-    batch scheduler's time limit) must stop the same way; Ray's own handler aborted at once."""
+    batch scheduler's time limit) and SIGHUP (the SSH session dropped) must stop the same way;
+    Ray's own SIGTERM handler aborted at once, a SIGHUP killed the driver."""
     output = tmp_path / "interrupted"
     ctrl_c_after(replay_args(replay_inputs, output, 0.03), 6, stop_signal)
     resumed = subprocess.run([*PROG, "--resume", str(output), "--quiet"], cwd=REPO,

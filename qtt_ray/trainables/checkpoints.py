@@ -6,11 +6,17 @@ until ``max_failures`` is spent. The trainables verify each folder's manifest
 checkpoints on the experiment storage (local, NFS or cloud: Ray's own filesystem handle), newest
 first, and loads the first that verifies. ``CheckpointConfig(num_to_keep>=2)`` keeps the previous
 one until a newer one exists, so one bad save costs one epoch of re-training, not the trial.
+
+The storage helpers (``storage_filesystem``, ``probe_storage``, ``remove_trial_checkpoints``)
+work through pyarrow filesystems, as Ray does, so that ``--storage s3://...`` or ``file://...``
+is checked before start-up and pruned after a finished run like a local folder.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import posixpath
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -67,3 +73,69 @@ def load_with_fallback(
                     epoch)
         return epoch, path
     raise CheckpointError(f"{error}; and no earlier checkpoint of this trial loads") from error
+
+
+def storage_filesystem(storage: str) -> tuple[Any, str]:
+    """``(filesystem, path)`` of a Ray ``storage_path``, resolved as Ray resolves it: a URI
+    (``s3://``, ``gs://``, ``file://``) by pyarrow, anything else as a local folder. An object
+    store's paths have no scheme (``bucket/prefix/...``): they open only with their filesystem."""
+    from pyarrow.fs import FileSystem, LocalFileSystem
+
+    if "://" in storage:
+        return FileSystem.from_uri(storage)
+    return LocalFileSystem(), str(Path(storage).absolute())
+
+
+def probe_storage(fs: Any, path: str) -> None:
+    """Create ``path`` and write and delete a file there, so that storage Ray could not use
+    fails now, not after the model is built; folders made for the probe go again, empty (Ray
+    makes them itself). Raises ``OSError`` (a path component that is a file, no permission, no
+    bucket)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    made = []  # the folders the probe creates, deepest first
+    folder = path.rstrip("/") or path
+    while folder and fs.get_file_info(folder).type == FileType.NotFound:
+        made.append(folder)
+        parent = posixpath.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    if fs.get_file_info(path).type == FileType.File:
+        raise NotADirectoryError(f"{path} is a file, not a folder")
+    fs.create_dir(path, recursive=True)
+    probe = posixpath.join(path, f".qtt-probe-{os.urandom(4).hex()}")
+    with fs.open_output_stream(probe) as out:
+        out.write(b"probe")
+    fs.delete_file(probe)
+    for made_dir in made:
+        if fs.get_file_info(FileSelector(made_dir, allow_not_found=True)):
+            break  # something else writes there now: leave it
+        fs.delete_dir(made_dir)
+
+
+def remove_trial_checkpoints(fs: Any, experiment_path: str) -> tuple[int, int]:
+    """Delete the ``<trial>/checkpoint_*`` folders of one experiment on any filesystem (local,
+    ``file://``, object store); returns (folders, bytes) removed. A folder that cannot be
+    deleted stays and is not counted."""
+    from pyarrow.fs import FileSelector, FileType
+
+    removed, size = 0, 0
+    trials = fs.get_file_info(FileSelector(experiment_path, allow_not_found=True))
+    for trial in sorted(trials, key=lambda info: info.path):
+        if trial.type != FileType.Directory:
+            continue
+        for folder in sorted(fs.get_file_info(FileSelector(trial.path)),
+                             key=lambda info: info.path):
+            if folder.type != FileType.Directory or not folder.base_name.startswith(
+                    "checkpoint_"):
+                continue
+            try:
+                files = fs.get_file_info(FileSelector(folder.path, recursive=True))
+                folder_size = sum(f.size or 0 for f in files if f.type == FileType.File)
+                fs.delete_dir(folder.path)
+            except OSError as err:
+                log.warning("could not remove checkpoint %s: %s", folder.path, err)
+                continue
+            removed, size = removed + 1, size + folder_size
+    return removed, size

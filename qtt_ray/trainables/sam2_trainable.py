@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from qtt_ray.data import load_dataset
+from qtt_ray.data import DataError, load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.evaluate import prompted_examples
 from qtt_ray.model.finetune import FineTuner, TrainingImages, clean_config
@@ -35,6 +35,24 @@ from qtt_ray.trainables.settings import RunSettings
 PARKED_TRIALS = 4  # paused trials an actor keeps in memory (see SAM2Trainable._park)
 ACTOR_OPS = ("save", "reset", "restore")  # timed in _count, reported by step
 DEFAULT_TRIAL_ID = "default"  # Trainable.trial_id outside Tune: no identity to park under
+
+
+def this_node() -> str:
+    """The IP of the node this process runs on (for messages from trials on a cluster)."""
+    import ray
+
+    return str(ray.util.get_node_ip_address()) if ray.is_initialized() else "localhost"
+
+
+def check_gpus_usable(gpu_ids: list[Any], cuda_available: bool, node: str) -> None:
+    """Ray counts a node's GPUs from its hardware, PyTorch needs the driver and a CUDA build: a
+    trial given a GPU it cannot use would train on the CPU, unnoticed and far slower."""
+    if gpu_ids and not cuda_available:
+        raise RuntimeError(
+            f"node {node}: Ray gave this trial GPU {', '.join(map(str, gpu_ids))} but PyTorch "
+            f"sees no CUDA device (torch {torch.__version__}); install the NVIDIA driver and a "
+            "CUDA build of torch on that node, or run without --gpus-per-trial"
+        )
 
 
 class SAM2Trainable(tune.Trainable):
@@ -54,8 +72,16 @@ class SAM2Trainable(tune.Trainable):
         if settings.threads:
             torch.set_num_threads(settings.threads)
         self.device = settings.resolved_device()
+        if in_ray_actor():
+            import ray
+
+            check_gpus_usable(ray.get_gpu_ids(), torch.cuda.is_available(), this_node())
         self.spec = settings.model_spec()
-        self.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
+        try:
+            self.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
+        except DataError as error:  # on a cluster: most likely the data is on the head only
+            raise DataError(f"on node {this_node()}: {error} (on a cluster every node needs "
+                            "the dataset at this path: cluster.yaml file_mounts)") from error
         self.base = build_model(self.spec, self.device)
         self.eval_examples = prompted_examples(self.dataset.val, self.spec.image_size)
         self.train_images = TrainingImages(self.dataset, self.spec.image_size)
