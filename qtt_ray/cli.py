@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 USAGE_EXIT = 2
+TUNE_PROG = "python -m qtt_ray.tune"  # the main command, named in its messages
 PROBE_S = 3.0  # seconds to wait for a Ray head's port before calling it absent
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # treated as Ctrl-C while Tune runs
 

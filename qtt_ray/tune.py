@@ -32,50 +32,58 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 from qtt_ray.cli import (  # noqa: E402
+    TUNE_PROG,
     CliError,
-    join_ray_cluster,
     one_line,
     probe_ray_head,
     run_cli,
     sigterm_stops_like_ctrl_c,
 )
+from qtt_ray.ray_runtime import (  # noqa: E402
+    DEFAULT_STORAGE,
+    STORAGE_ENV,
+    check_local_gpus,
+    check_storage,
+    cluster_hosts,
+    plan_trials,
+    start_ray,
+    storage_warning,
+)
 from qtt_ray.results import (  # noqa: E402
     ADAPTER_DIR,
-    EXTRA_ADAPTER,
-    EXTRA_ADAPTER_EPOCH,
-    EXTRA_ADAPTER_IOU,
-    EXTRA_CLASSES,
-    EXTRA_INTERRUPTIONS,
-    EXTRA_SPLIT,
-    EXTRA_TIMELINE,
-    EXTRA_WHITE,
     RESULTS_FILE,
-    Results,
-    TrialRecord,
-    best_of,
     write_results,
 )
+from qtt_ray.run_file import (  # noqa: E402
+    RUN_FILE,
+    check_resume_options,
+    dataset_fingerprint,
+    interrupted,
+    remember_relocation,
+    resume_storage,
+    update_run_file,
+    write_run_file,
+)
+from qtt_ray.run_outputs import (  # noqa: E402
+    draw_pictures,
+    export_best,
+    model_tags,
+    print_table,
+    prune_trial_checkpoints,
+    summarise,
+    write_artifacts,
+)
 
-PROG = "python -m qtt_ray.tune"
+PROG = TUNE_PROG
 PREDICTORS_DIR = Path(__file__).resolve().parent / "predictors"
 TRAIN_PREDICTORS_HINT = (
     "python -m qtt_ray.meta train --meta PATH/qttseg_sam2_curves.csv --out DIR"
 )
-STORAGE_ENV = "QTT_STORAGE_PATH"
-DEFAULT_STORAGE = "ray"  # Ray's storage_path inside the output folder, unless --storage
-RUN_FILE = "run.json"  # what --resume needs to rebuild the trainable
 POOL_SIZE = 128  # configurations in the freeze-thaw pool, as the paper
 MAX_FAILURES = 2  # retries of a failed trial from its last checkpoint
 CHECKPOINTS_KEPT = 2  # per trial: the newest and, until it is verified, the one before
-WORKER_ENV = ("OMP_WAIT_POLICY",)  # passed to Ray workers
 TRAIN_FACTOR = 3.0  # a training image costs about 3 forward passes (forward + backward)
 INTERRUPTED_EXIT = 130
-# options fixed by the first run; --resume refuses different values (but --checkpoint may
-# re-point a moved checkpoint: the same file, by its recorded fingerprint)
-RESUME_FIXED = ("data", "model", "checkpoint", "num_images", "image_size", "batch_size", "seed",
-                "searcher", "predictors", "replay_meta", "replay_dataset")
-PATH_OPTIONS = ("data", "checkpoint", "predictors", "replay_meta")  # compared resolved
-MOVABLE_OPTIONS = ("checkpoint",)  # checked by RunSettings.relocated, not by equality
 
 log = logging.getLogger("qtt_ray.tune")
 
@@ -170,20 +178,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--output {args.output} is a file; pass a folder (new or existing)")
     if args.address:  # before data, model and zero-shot: minutes on a CPU head
         probe_ray_head(args.address)
-
-
-def check_local_gpus(gpus_per_trial: float) -> None:
-    """Ray started here sees this machine's GPUs only: a trial asking for more would wait
-    forever (Ray only warns), so the budget would never start."""
-    import torch
-
-    found = torch.cuda.device_count()
-    if gpus_per_trial > found:
-        raise CliError(
-            f"--gpus-per-trial {gpus_per_trial:g}: this machine has {found} CUDA GPU(s), so no "
-            "trial could start; pass a smaller value (0 trains on CPU), or --address of a Ray "
-            "cluster with GPU workers"
-        )
 
 
 def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
@@ -295,108 +289,6 @@ class Prepared:
         return "replay" if self.replay else self.spec.name
 
 
-def portable_storage(storage: str, output: Path) -> str:
-    """The storage path as run.json keeps it: relative when inside the output folder, so a
-    moved or copied run folder (``ray rsync-down``) resumes from its own checkpoints."""
-    if "://" in storage:
-        return storage
-    try:
-        return str(Path(storage).relative_to(output))
-    except ValueError:
-        return storage
-
-
-def resume_storage(saved: str, experiment: str, output: Path) -> str:
-    """Inverse of ``portable_storage``; an absolute path that is gone (run.json written before
-    paths were relative, then the folder moved) falls back to the folder's own ``ray/``."""
-    if "://" in saved:
-        return saved
-    path = Path(saved)
-    if not path.is_absolute():
-        return str(output / path)
-    if not (path / experiment).is_dir() and (output / DEFAULT_STORAGE / experiment).is_dir():
-        return str(output / DEFAULT_STORAGE)
-    return saved
-
-
-def check_storage(storage: str, experiment: str, source: str, fix: str,
-                  resume: bool = False) -> None:
-    """Storage Ray cannot use fails here in one line, before the model is built: Ray would
-    fail after zero-shot with a traceback (a path component that is a file, a bucket that does
-    not exist or cannot be reached), and a resume whose experiment is gone in Tuner.restore.
-    ``source`` names the option that gave the storage, ``fix`` what to do."""
-    from pyarrow.fs import FileType
-
-    from qtt_ray.trainables.checkpoints import probe_storage, storage_filesystem
-
-    where = f"{storage.rstrip('/')}/{experiment}" if "://" in storage else str(
-        Path(storage) / experiment)
-    try:
-        fs, path = storage_filesystem(storage)
-        probe_storage(fs, path)
-        found = fs.get_file_info(f"{path.rstrip('/')}/{experiment}").type
-    except (OSError, ValueError) as err:
-        raise CliError(f"{source}: Ray's storage {storage} cannot be used "
-                       f"({one_line(err)[:160]}); {fix}") from err
-    if resume and found != FileType.Directory:
-        raise CliError(f"{source}: the Ray experiment {where} is gone; start a new run")
-
-
-def dataset_fingerprint(prep: Prepared) -> dict[str, Any]:
-    """What a resumed run must find again: the same dataset split (and model)."""
-    if prep.replay is not None:
-        return {"name": prep.replay.dataset, "runs": len(prep.replay_runs or [])}
-    return {"name": prep.dataset.name, "num_train": len(prep.dataset.train),
-            "num_val": len(prep.dataset.val), "model": prep.spec.name}
-
-
-def check_resume_options(saved: dict[str, Any], given: set[str],
-                         args: argparse.Namespace) -> None:
-    """--resume continues the saved run: options that define it may not change."""
-    options = saved.get("options", {})
-    for dest, key, unit in (("budget", "budget_s", " s"), ("max_concurrent", "slots", "")):
-        if dest in given and key in saved and getattr(args, dest) != saved[key]:
-            flag = "--" + dest.replace("_", "-")
-            raise CliError(
-                f"--resume {args.resume} continues with its own {flag} ({saved[key]:g}{unit}; "
-                f"the policy planned for it); drop {flag} to resume, or start a new run with "
-                "--output"
-            )
-    for dest in RESUME_FIXED:
-        if dest in MOVABLE_OPTIONS or dest not in given or dest not in options:
-            continue
-        if not same_option(dest, getattr(args, dest), options[dest]):
-            flag = "--" + dest.replace("_", "-")
-            raise CliError(
-                f"--resume {args.resume} was tuned with {flag} {options[dest]}, not "
-                f"{getattr(args, dest)}; drop {flag} to resume, or start a new run with --output"
-            )
-
-
-def option_value(dest: str, value: Any) -> Any:
-    """An option as run.json keeps it: an existing path made absolute (``--data ./x`` and
-    ``--data /abs/x`` are the same run), anything else as typed."""
-    if dest in PATH_OPTIONS and isinstance(value, str) and Path(value).exists():
-        return str(Path(value).absolute())
-    return value
-
-
-def same_option(dest: str, given: Any, saved: Any) -> bool:
-    """Equal values, paths compared resolved and model names canonical."""
-    if given == saved:
-        return True
-    if dest in PATH_OPTIONS and isinstance(given, str) and isinstance(saved, str):
-        return Path(given).resolve() == Path(saved).resolve()
-    if dest == "model" and isinstance(given, str) and isinstance(saved, str):
-        from qtt_ray.model.build import ModelError, canonical_name
-
-        try:
-            return canonical_name(given) == canonical_name(saved)
-        except ModelError:
-            return False
-    return False
-
-
 def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared:
     """Everything that can fail on bad input, before Ray starts."""
     from qtt_ray.data import load_dataset
@@ -492,62 +384,6 @@ def predictors_setup_warning(predictors_dir: Path, spec: Any) -> str | None:
     except (OSError, ValueError):
         return None
     return setup_mismatch(card, spec.name, spec.image_size) if isinstance(card, dict) else None
-
-
-def plan_trials(args: argparse.Namespace) -> Any:
-    """Each trial's Ray resources and the number running at once, from the cluster Ray sees
-    (``--max-concurrent`` overrides the count)."""
-    from dataclasses import replace
-
-    from qtt_ray.trainables.settings import ray_nodes, trial_resources
-
-    nodes = ray_nodes()
-    plan = trial_resources(nodes, args.gpus_per_trial)
-    if args.address and "gpu" not in plan.request and args.gpus_per_trial is None:
-        print(f"{PROG}: the Ray cluster shows no GPU, so trials run on CPUs; on an autoscaling "
-              "cluster pass --gpus-per-trial 1 to ask for GPU workers", file=sys.stderr)
-    if args.max_concurrent is not None:
-        plan = replace(plan, slots=int(args.max_concurrent))
-    return plan
-
-
-def start_ray(address: str | None = None) -> None:
-    """Start Ray locally (no dashboard), or join the running cluster at ``address``."""
-    import ray
-
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we add the CSV logger
-    # num_to_keep forces a state snapshot per pause: expected here, not worth a warning each time
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if not ray.is_initialized():
-        env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
-        if address:
-            join_ray_cluster(address, log_to_driver=False, logging_level=logging.WARNING,
-                             runtime_env={"env_vars": env})
-            return
-        # "local": a Ray of our own, also where `ray start` runs a cluster (plain ray.init would
-        # join that one and refuse num_cpus with a traceback); --address auto joins it
-        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env})
-
-
-def cluster_hosts() -> set[str]:
-    """The machines of the running Ray cluster (several nodes of one machine count once)."""
-    import ray
-
-    return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
-
-
-def storage_warning(prep: Prepared, hosts: set[str]) -> str | None:
-    """Trials on several machines with checkpoints in the default folder on this one: a trial
-    paused on one machine cannot resume on another (Ray needs storage they all reach)."""
-    default = str((prep.output / DEFAULT_STORAGE).resolve())
-    if len(hosts) < 2 or "://" in prep.storage or prep.storage != default:
-        return None
-    return (f"the Ray cluster spans {len(hosts)} machines but checkpoints go to {prep.storage} "
-            f"on this one; pass --storage (or ${STORAGE_ENV}) with storage every node reaches "
-            "(s3://..., NFS), or a paused trial cannot resume on another machine")
 
 
 def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
@@ -691,46 +527,6 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         if tracker is not None:
             tracker.close(status)
     return 0
-
-
-def write_run_file(args: argparse.Namespace, prep: Prepared, budget: float, slots: int) -> None:
-    (prep.output / RUN_FILE).write_text(json.dumps({
-        "settings": prep.settings.to_json(), "searcher": prep.searcher,
-        "predictors": str(prep.predictors) if prep.predictors else None,
-        "budget_s": budget, "spent_s": 0.0, "interruptions": 0, "slots": slots,
-        "pool_size": args.pool_size, "gpus_per_trial": args.gpus_per_trial,
-        "storage": portable_storage(prep.storage, prep.output), "experiment": prep.experiment,
-        "replay": vars(prep.replay) if prep.replay else None,
-        "fingerprint": dataset_fingerprint(prep),
-        "options": {dest: option_value(dest, getattr(args, dest))
-                    for dest in (*RESUME_FIXED, "max_failures")},
-    }, indent=2))
-
-
-def remember_relocation(prep: Prepared) -> None:
-    """After ``--resume --checkpoint NEW`` (a moved checkpoint, the same file), record NEW in
-    run.json, so the next resume finds it without the option."""
-    if prep.saved is not None and prep.saved["settings"] != prep.settings.to_json():
-        update_run_file(prep.output, settings=prep.settings.to_json())
-
-
-def update_run_file(output: Path, **changes: Any) -> None:
-    path = output / RUN_FILE
-    data = json.loads(path.read_text())
-    data.update(changes)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
-def interrupted(prep: Prepared, spent_s: float, address: str | None = None) -> None:
-    """Remember the budget used so far and say how to continue (on the same cluster)."""
-    saved = json.loads((prep.output / RUN_FILE).read_text())
-    update_run_file(prep.output, spent_s=spent_s,
-                    interruptions=int(saved.get("interruptions", 0)) + 1)
-    join = f" --address {address}" if address else ""
-    print(f"\n{PROG}: interrupted after {spent_s:.0f} s of the {saved['budget_s']:g} s budget; "
-          f"continue with:\n  {PROG} --resume {prep.output}{join}", file=sys.stderr, flush=True)
 
 
 def quicktune_policy_factory(args: argparse.Namespace, prep: Prepared) -> Any:
@@ -886,239 +682,11 @@ def make_tracker(args: argparse.Namespace, prep: Prepared, budget: float) -> Any
     return MlflowTracker(uri, "qtt-ray", f"{prep.searcher}-{prep.dataset_name}", tags)
 
 
-def model_tags(spec: Any) -> dict[str, str]:
-    """The base model's MLflow tags: which checkpoint file, input size, pretrained or random."""
-    if spec is None:  # a replay
-        return {}
-    return {"checkpoint": spec.checkpoint or "none (random weights)",
-            "checkpoint_sha256": spec.checkpoint_sha256 or "",
-            "image_size": str(spec.image_size),
-            "weights": "pretrained" if spec.is_pretrained else "random"}
-
-
-def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot: float | None,
-              startup_s: float, elapsed: float, recorder: Any, setup: Any,
-              slots: int = 1) -> Results:
-    trials: list[TrialRecord] = recorder.records()
-    best_trial, best_epoch, best_iou = best_of(trials)
-    # "inside trial steps": the whole step (training + validation), as the issue defines train_s;
-    # per slot, so that train_s + overhead_s is the tuning time with several trials at once too
-    step_s = sum(sum(v for v in t.epoch_s if math.isfinite(v)) for t in trials)
-    train_s = step_s / max(1, slots)
-    controller = getattr(setup, "controller", None)
-    extra: dict[str, Any] = {"device": "cpu" if prep.replay else prep.settings.resolved_device(),
-                             "slots": slots, "step_s": step_s,  # all slots' step seconds
-                             # (tuning seconds, best IoU so far) at each result: compare.py
-                             EXTRA_TIMELINE: [list(point) for point in recorder.timeline]}
-    if prep.replay is None:
-        extra.update(num_train=len(prep.dataset.train), num_val=len(prep.dataset.val))
-        extra.update(class_info(prep.dataset))
-        # which images were sampled (--num-images, --seed) and which of them validated
-        extra[EXTRA_SPLIT] = {"train": [s.stem for s in prep.dataset.train],
-                              "val": [s.stem for s in prep.dataset.val]}
-    if prep.saved is not None:
-        extra[EXTRA_INTERRUPTIONS] = int(prep.saved.get("interruptions", 0))
-    if controller is not None:
-        extra["decision_s"] = sum(controller.decision_s)
-        extra["decisions"] = len(controller.history)
-        extra["decision_median_s"] = _median(controller.decision_s)
-    gaps = recorder.step_gaps_by_kind()
-    if gaps:
-        extra["step_gap_median_s"] = _median([gap for gap, _ in gaps])  # between epochs, 1 slot
-        extra["step_gaps"] = {
-            kind: {"count": len(values), "median_s": _median(values)}
-            for kind in ("continue", "resume", "new")
-            if (values := [gap for gap, k in gaps if k == kind])
-        }
-    if recorder.actor_ops:  # seconds the actors spent on save / reset / restore
-        extra["actor_s"] = {op: {"count": len(values), "median_s": _median(values),
-                                 "total_s": sum(values)}
-                            for op, values in sorted(recorder.actor_ops.items())}
-    spec = prep.spec
-    return Results(
-        checkpoint=spec.checkpoint if spec else None,
-        checkpoint_sha256=spec.checkpoint_sha256 if spec else None,
-        image_size=spec.image_size if spec else None,
-        pretrained=spec.is_pretrained if spec else None,
-        searcher=prep.searcher, dataset=prep.dataset_name, model=prep.model_name,
-        seed=args.seed if prep.saved is None else int(prep.saved["options"]["seed"]),
-        budget_s=budget, zero_shot_iou=zero_shot, best_iou=best_iou,
-        best_config=best_trial.config if best_trial else None,
-        best_trial=best_trial.trial_id if best_trial else None, best_epoch=best_epoch,
-        elapsed_s=elapsed, train_s=train_s, overhead_s=max(0.0, elapsed - train_s),
-        startup_s=startup_s, final_eval_s=0.0, trials=trials, extra=extra,
-    )
-
-
-def prune_trial_checkpoints(storage: str, experiment: str,
-                            filesystem: Any = None) -> tuple[int, int]:
-    """Remove the trials' checkpoint folders of a finished run: a finished run cannot be
-    resumed and its best model is exported, so they are only disk (tens of MB per trial with an
-    official SAM2). Any storage Ray writes to (a folder, ``file://``, an object store; with
-    ``filesystem``, ``storage`` is a path on it, as Ray's ``storage_filesystem``), this run's
-    experiment folder only; returns (folders, bytes) removed. Failing storage only warns: the
-    run's outputs are written by then."""
-    from qtt_ray.trainables.checkpoints import remove_trial_checkpoints, storage_filesystem
-
-    try:
-        fs, path = (filesystem, storage) if filesystem is not None else storage_filesystem(
-            storage)
-        return remove_trial_checkpoints(fs, f"{path.rstrip('/')}/{experiment}")
-    except (OSError, ValueError) as err:
-        print(f"{PROG}: warning: the trial checkpoints in {storage} stay ({one_line(err)[:160]})",
-              file=sys.stderr)
-        return 0, 0
-
-
-def export_best(recorder: Any, results: Results, prep: Prepared, device: str) -> dict[str, Any]:
-    """The best trial's latest checkpoint carries its best epoch's weights: export those (not the
-    last epoch's) to ``<output>/best``; ``adapter_iou`` re-measures the exported files."""
-    # with its filesystem: an object store's checkpoint path (bucket/prefix/...) is no folder
-    checkpoint = recorder.checkpoint(results.best_trial or "", prep.storage)
-    if checkpoint is None or results.best_config is None:
-        return {}
-    from qtt_ray.model.adapter import load_adapter
-    from qtt_ray.model.evaluate import evaluate_model, prompted_examples
-    from qtt_ray.model.finetune import FineTuner
-
-    tuner = FineTuner(prep.spec, results.best_config, prep.dataset, device=device,
-                      seed=prep.settings.seed, batch_size=prep.settings.batch_size)
-    with checkpoint.as_directory() as local:  # downloaded from remote storage, then removed
-        tuner.load(local)
-    folder = tuner.export_best_adapter(prep.output / ADAPTER_DIR, class_info(prep.dataset))
-    del tuner
-    exported = load_adapter(folder, device)
-    examples = prompted_examples(prep.dataset.val, prep.spec.image_size)
-    iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size)["iou"]
-    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: int(exported.info.get("epoch", 0)),
-            EXTRA_ADAPTER_IOU: iou}
-
-
-def class_info(dataset: Any) -> dict[str, Any]:
-    """The classes the run tuned on, for results.json and the adapter (``predict`` reads new
-    masks and names classes by them): ids 1..K, and whether the masks were binary 0/255 (255
-    read as class 1) when that can be told."""
-    info: dict[str, Any] = {EXTRA_CLASSES: list(range(1, int(dataset.num_classes) + 1))}
-    white = white_is_class_one(dataset)
-    if white is not None:
-        info[EXTRA_WHITE] = white
-    return info
-
-
-def white_is_class_one(dataset: Any) -> bool | None:
-    """Whether the dataset's mask files are 0/255 (the loader keeps only class indices, so
-    one mask with foreground is read back; None when it cannot be, e.g. the folder moved)."""
-    from qtt_ray.data.demo import DEMO_SOURCES
-
-    if dataset.source in DEMO_SOURCES or dataset.num_classes != 1:
-        return False  # demo masks are class indices; 255 beside other labels is refused
-    from qtt_ray.data.errors import DataError
-    from qtt_ray.data.folder import BINARY_WHITE, MASK_SUFFIX, files_by_stem
-    from qtt_ray.data.image_io import CorruptFileError, read_mask
-
-    try:
-        masks = files_by_stem(Path(dataset.source) / "masks", (MASK_SUFFIX,))
-        for sample in [*dataset.train, *dataset.val]:
-            if sample.classes_present and sample.stem in masks:
-                return bool((read_mask(masks[sample.stem]) == BINARY_WHITE).any())
-    except (DataError, CorruptFileError, OSError, ValueError):
-        return None
-    return None
-
-
-def draw_pictures(prep: Prepared, results: Results, device: str, base: Any) -> None:
-    """The validation picture grid of the exported adapter (before MLflow logs artefacts)."""
-    from qtt_ray.pictures import GRID_FILE, adapter_validation_grid
-
-    adapter = prep.output / ADAPTER_DIR
-    if results.extra.get(EXTRA_ADAPTER) is None or not any(s.classes_present
-                                                           for s in prep.dataset.val):
-        return
-    adapter_validation_grid(adapter, prep.dataset.val, prep.output / GRID_FILE, rows=4,
-                            device=device, base=base)
-
-
-def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,
-                    results_path: Path, report: Path) -> None:
-    from qtt_ray.compare import plot_best_over_time
-    from qtt_ray.pictures import GRID_FILE, PLOT_FILE
-
-    best_config = output / "best_config.json"
-    best_config.write_text(json.dumps(results.best_config, indent=2))
-    plot = plot_best_over_time({results.searcher: recorder.timeline}, output / "best_iou.png",
-                               zero_shot=results.zero_shot_iou)
-    if tracker is None:
-        return
-    tracker.log_summary(
-        {"zero_shot_iou": results.zero_shot_iou if results.zero_shot_iou is not None
-         else float("nan"),
-         "best_iou": results.best_iou if results.best_iou is not None else float("nan"),
-         "elapsed_s": results.elapsed_s,
-         "train_s": results.train_s, "overhead_s": results.overhead_s,
-         "startup_s": results.startup_s, "shutdown_s": results.shutdown_s,
-         "final_eval_s": results.final_eval_s,
-         # the exported adapter re-measured (absent for a replay: log_summary skips None)
-         "adapter_iou": results.extra.get(EXTRA_ADAPTER_IOU),
-         "trials": len(results.trials)},
-        {**(results.best_config or {}), **base_model_params(results)},
-    )
-    tracker.log_timeline(recorder.timeline)
-    for path in (results_path, best_config, plot, report, output / PLOT_FILE, output / GRID_FILE,
-                 output / ADAPTER_DIR):  # best/: the model, for users of a remote store
-        tracker.log_artifact(path)
-
-
-def base_model_params(results: Results) -> dict[str, Any]:
-    """The base model as MLflow params of the parent run (beside the best configuration)."""
-    if results.image_size is None:  # a replay
-        return {}
-    return {"base_model": results.model, "base_checkpoint": results.checkpoint or "none",
-            "base_checkpoint_sha256": results.checkpoint_sha256 or "none",
-            "image_size": results.image_size,
-            "base_weights": "pretrained" if results.pretrained else "random"}
-
-
-def print_table(results: Results, output: Path) -> None:
-    def fmt(value: float | None) -> str:
-        return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
-
-    epochs = sum(t.epochs for t in results.trials)
-    slots = int(results.extra.get("slots", 1))
-    per_slot = f", per slot of {slots}" if slots > 1 else ""
-    rows = [
-        ("zero-shot IoU", fmt(results.zero_shot_iou)),
-        ("best IoU", f"{fmt(results.best_iou)} (trial {results.best_trial}, "
-                     f"epoch {results.best_epoch})"),
-        ("best configuration", json.dumps(results.best_config)),
-        ("trials / epochs trained", f"{len(results.trials)} / {epochs}"),
-        ("seconds: start-up", f"{results.startup_s:.1f}"),
-        ("seconds: tuning", f"{results.elapsed_s:.1f} of {results.budget_s:g} budget"),
-        (f"  training (in trials{per_slot})", f"{results.train_s:.1f}"),
-        (f"  overhead{per_slot}", f"{results.overhead_s:.1f}"),
-        ("seconds: shutdown", f"{results.shutdown_s:.1f}"),
-        ("seconds: final export", f"{results.final_eval_s:.1f}"),
-        ("output", str(output)),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print()
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     return run_cli(PROG, lambda: tune_main(args, given_options(parser, argv)))
-
-
-
-def _median(values: list[float]) -> float | None:
-    ordered = sorted(values)
-    if not ordered:
-        return None
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 if __name__ == "__main__":

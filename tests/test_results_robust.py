@@ -158,14 +158,14 @@ def _binary_folder(root: Path, white: bool) -> Path:
 
 @pytest.mark.parametrize("white", [True, False])
 def test_class_info_says_the_classes_and_the_mask_encoding(tmp_path: Path, white: bool) -> None:
-    from qtt_ray.tune import class_info
+    from qtt_ray.run_outputs import class_info
 
     dataset = load_dataset(_binary_folder(tmp_path / "data", white), num_images=6, seed=0)
     assert class_info(dataset) == {EXTRA_CLASSES: [1], EXTRA_WHITE: white}
 
 
 def test_class_info_of_the_multiclass_demo() -> None:
-    from qtt_ray.tune import class_info
+    from qtt_ray.run_outputs import class_info
 
     samples = make_demo_dataset("multiclass", n=4, size=64)
     dataset = SegDataset("demo-multiclass", "demo-multiclass", samples[:3], samples[3:], 3, {})
@@ -186,7 +186,7 @@ def test_the_exported_adapter_records_its_classes(tmp_path: Path) -> None:
 
 
 def test_results_record_classes_and_the_image_split(tmp_path: Path) -> None:
-    from qtt_ray.tune import summarise
+    from qtt_ray.run_outputs import summarise
 
     dataset = load_dataset(_binary_folder(tmp_path / "data", True), num_images=6, seed=0)
     prep = SimpleNamespace(

@@ -21,7 +21,7 @@ from pyarrow.fs import LocalFileSystem, SubTreeFileSystem
 from ray.train import Checkpoint
 from ray_fixtures import replay_args, replay_inputs  # noqa: F401
 
-from qtt_ray import tune
+from qtt_ray import ray_runtime, run_file, run_outputs, tune
 from qtt_ray.data import load_dataset
 from qtt_ray.model.build import resolve_spec
 from qtt_ray.model.finetune import FineTuner
@@ -66,7 +66,7 @@ def test_export_reads_the_best_checkpoint_from_an_object_store(tmp_path, monkeyp
     prep = tune.Prepared(SimpleNamespace(seed=0, batch_size=2), dataset, spec, "random", None,
                          tmp_path / "run", "s3://bucket/qtt", "tune-x")
     results = SimpleNamespace(best_trial="a", best_config=CONFIG)
-    extra = tune.export_best(recorder, results, prep, "cpu")  # type: ignore[arg-type]
+    extra = run_outputs.export_best(recorder, results, prep, "cpu")  # type: ignore[arg-type]
     assert extra[EXTRA_ADAPTER_EPOCH] == 1  # the trained epoch, not a fresh model's 0
     assert (tmp_path / "run" / "best").is_dir()
 
@@ -94,7 +94,7 @@ def test_pruning_removes_object_store_checkpoints_of_this_experiment_only(tmp_pa
             folder.mkdir(parents=True)
             (folder / "weights.safetensors").write_bytes(b"x" * 1000)
             (folder.parent / "result.json").write_text("{}")
-    removed, size = tune.prune_trial_checkpoints("bucket/qtt", "tune-exp1-aaaa",
+    removed, size = run_outputs.prune_trial_checkpoints("bucket/qtt", "tune-exp1-aaaa",
                                                  filesystem=store)
     assert (removed, size) == (2, 2000)
     assert not _checkpoint_folders(tmp_path / "s3" / "bucket" / "qtt" / "tune-exp1-aaaa")
@@ -116,7 +116,7 @@ def test_runs_with_the_same_output_name_get_their_own_experiment(replay_inputs, 
         args = parser.parse_args(argv)
         prep = tune.prepare(args, tune.given_options(parser, argv))
         prep.output.mkdir(parents=True)
-        tune.write_run_file(args, prep, 300.0, 1)
+        run_file.write_run_file(args, prep, 300.0, 1)
         (storage / prep.experiment).mkdir(parents=True, exist_ok=True)
         names.append(prep.experiment)
     assert names[0] != names[1] and all(n.startswith("tune-exp1-") for n in names)
@@ -140,8 +140,8 @@ def test_finished_runs_on_a_file_uri_prune_only_their_own_checkpoints(replay_inp
              "--storage", uri, "--quiet", *keep],
             cwd=REPO, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-    experiments = {p: json.loads((tmp_path / p / "exp1" / tune.RUN_FILE).read_text())["experiment"]
-                   for p in ("a", "b")}
+    experiments = {p: json.loads((tmp_path / p / "exp1" / run_file.RUN_FILE).read_text())
+                   ["experiment"] for p in ("a", "b")}
     assert experiments["a"] != experiments["b"]
     assert _checkpoint_folders(storage / experiments["a"])  # kept as asked
     assert (storage / experiments["b"]).is_dir()
@@ -185,7 +185,7 @@ def test_the_default_storage_is_probed_and_named_by_output(replay_inputs, tmp_pa
     argv = replay_args(replay_inputs, tmp_path / "run" / "deep", 0.0)
     parser = tune.build_parser()
     prep = tune.prepare(parser.parse_args(argv), tune.given_options(parser, argv))
-    assert prep.storage == str(tmp_path / "run" / "deep" / tune.DEFAULT_STORAGE)
+    assert prep.storage == str(tmp_path / "run" / "deep" / ray_runtime.DEFAULT_STORAGE)
     assert not (tmp_path / "run").exists()
 
 
@@ -199,7 +199,7 @@ def test_resume_of_a_file_uri_experiment_that_is_gone_fails_in_one_line(  # noqa
     args = parser.parse_args(argv)
     prep = tune.prepare(args, tune.given_options(parser, argv))
     prep.output.mkdir(parents=True)
-    tune.write_run_file(args, prep, 300.0, 1)  # the experiment was never written, or deleted
+    run_file.write_run_file(args, prep, 300.0, 1)  # the experiment was never written, or deleted
     code = tune.main(["--resume", str(prep.output), "--quiet"])
     err = _error_line(capsys)
     assert code == 2

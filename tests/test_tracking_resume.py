@@ -67,7 +67,7 @@ def test_resumed_trial_logs_each_step_once(tmp_path: Path) -> None:
 
 
 def test_parent_run_holds_the_model_and_the_final_numbers(tmp_path: Path) -> None:
-    from qtt_ray.tune import write_artifacts
+    from qtt_ray.run_outputs import write_artifacts
 
     output = tmp_path / "run"
     best = output / "best"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from qtt_ray import tune
+from qtt_ray import ray_runtime, run_file, run_outputs, tune
 from qtt_ray.compare import print_rows, rows_from_folders
 from qtt_ray.data import make_demo_dataset, write_dataset_folder
 from qtt_ray.model.build import ModelError, resolve_spec
@@ -53,8 +53,8 @@ def _started_run(files: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
                           "--searcher", "random", "--output", str(tmp_path / "run")])
     prep = tune.prepare(args, given)  # type: ignore[arg-type]
     prep.output.mkdir(parents=True)
-    tune.write_run_file(args, prep, 60.0, 1)  # type: ignore[arg-type]
-    (prep.output / tune.DEFAULT_STORAGE / prep.experiment).mkdir(parents=True)
+    run_file.write_run_file(args, prep, 60.0, 1)  # type: ignore[arg-type]
+    (prep.output / ray_runtime.DEFAULT_STORAGE / prep.experiment).mkdir(parents=True)
     return prep.output, checkpoint
 
 
@@ -65,7 +65,7 @@ def _resume(run: Path, *extra: str) -> tune.Prepared:
 
 def test_the_fingerprint_is_recorded_at_the_start(files, tmp_path) -> None:
     run, checkpoint = _started_run(files, tmp_path)
-    settings = json.loads((run / tune.RUN_FILE).read_text())["settings"]
+    settings = json.loads((run / run_file.RUN_FILE).read_text())["settings"]
     assert settings["checkpoint"] == str(checkpoint)
     assert settings["checkpoint_size"] == checkpoint.stat().st_size
     assert len(settings["checkpoint_sha256"]) == 64
@@ -80,7 +80,7 @@ def test_resume_after_the_checkpoint_moved(files, tmp_path) -> None:
     prep = _resume(run, "--checkpoint", str(moved))
     assert prep.settings.checkpoint == str(moved) and prep.spec.checkpoint == str(moved)
     assert prep.spec.checkpoint_sha256 == prep.settings.checkpoint_sha256
-    tune.remember_relocation(prep)  # what tune_main does first on a resume
+    run_file.remember_relocation(prep)  # what tune_main does first on a resume
     again = _resume(run)  # the next resume needs no --checkpoint
     assert again.settings.checkpoint == str(moved)
     assert again.settings.checkpoint_sha256 == prep.settings.checkpoint_sha256
@@ -145,7 +145,7 @@ def test_results_report_tags_and_compare_show_the_base_model(files, tmp_path, ca
     run, checkpoint = _started_run(files, tmp_path)
     prep = _resume(run)
     args, _ = _parse(["--resume", str(run)])
-    results = tune.summarise(args, prep, 60.0, 0.3, 1.0, 2.0, TrialRecorder(),  # type: ignore
+    results = run_outputs.summarise(args, prep, 60.0, 0.3, 1.0, 2.0, TrialRecorder(),  # type: ignore
                              object())
     sha = prep.spec.checkpoint_sha256
     write_results(run / RESULTS_FILE, results)
@@ -155,10 +155,10 @@ def test_results_report_tags_and_compare_show_the_base_model(files, tmp_path, ca
     text = render_report(read_results(run / RESULTS_FILE))
     assert f"| checkpoint | `{checkpoint}` (sha256 {sha[:12]}) |" in text
     assert f"| image size | {S} px |" in text and "| weights | pretrained |" in text
-    tags = tune.model_tags(prep.spec)
+    tags = run_outputs.model_tags(prep.spec)
     assert tags["checkpoint"] == str(checkpoint) and tags["checkpoint_sha256"] == sha
     assert (tags["image_size"], tags["weights"]) == (str(S), "pretrained")
-    assert tune.base_model_params(results)["image_size"] == S
+    assert run_outputs.base_model_params(results)["image_size"] == S
     rows = rows_from_folders(tmp_path)
     assert [(r.model, r.image_size) for r in rows] == [("micro", S)]
     print_rows(rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qtt_ray import compare, tune
+from qtt_ray import compare, run_file, tune
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,11 +90,11 @@ def test_an_incompatible_predictor_artefact_is_one_line(capsys, tmp_path) -> Non
 
 @pytest.mark.parametrize("content", ["{not json", '{"settings": {}}', "[]"])
 def test_a_damaged_run_file_on_resume_is_one_line(capsys, tmp_path, content: str) -> None:
-    (tmp_path / tune.RUN_FILE).write_text(content)
+    (tmp_path / run_file.RUN_FILE).write_text(content)
     code, err = run_main(tune.main, ["--resume", str(tmp_path)], capsys)
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
-    assert f"--resume {tmp_path}: {tune.RUN_FILE} is unreadable" in last
+    assert f"--resume {tmp_path}: {run_file.RUN_FILE} is unreadable" in last
 
 
 def test_an_output_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
@@ -105,7 +105,7 @@ def test_an_output_that_is_a_file_is_one_line(capsys, tmp_path) -> None:
 
 
 def test_resuming_a_finished_run_is_refused(capsys, tmp_path) -> None:
-    (tmp_path / tune.RUN_FILE).write_text('{"finished": true, "budget_s": 60}')
+    (tmp_path / run_file.RUN_FILE).write_text('{"finished": true, "budget_s": 60}')
     code, err = run_main(tune.main, ["--resume", str(tmp_path)], capsys)
     assert code == 2 and "Traceback" not in err
     assert "that run finished" in err.strip().splitlines()[-1]
@@ -125,13 +125,13 @@ def test_the_storage_inside_the_run_folder_is_kept_relative(tmp_path) -> None:
     """run.json names the checkpoints folder relative to the run, so a moved or copied run
     resumes from its own checkpoints; storage elsewhere (NFS, s3://) stays as given."""
     run = tmp_path / "run"
-    assert tune.portable_storage(str(run / "ray"), run) == "ray"
-    assert tune.portable_storage("/mnt/nfs/qtt", run) == "/mnt/nfs/qtt"
-    assert tune.portable_storage("s3://bucket/qtt", run) == "s3://bucket/qtt"
+    assert run_file.portable_storage(str(run / "ray"), run) == "ray"
+    assert run_file.portable_storage("/mnt/nfs/qtt", run) == "/mnt/nfs/qtt"
+    assert run_file.portable_storage("s3://bucket/qtt", run) == "s3://bucket/qtt"
     moved = tmp_path / "moved"
-    assert tune.resume_storage("ray", "tune-run", moved) == str(moved / "ray")
-    assert tune.resume_storage("s3://bucket/qtt", "tune-run", moved) == "s3://bucket/qtt"
+    assert run_file.resume_storage("ray", "tune-run", moved) == str(moved / "ray")
+    assert run_file.resume_storage("s3://bucket/qtt", "tune-run", moved) == "s3://bucket/qtt"
     # written by an older version (absolute), then moved: the folder's own ray/ if it is there
     (moved / "ray" / "tune-run").mkdir(parents=True)
-    assert tune.resume_storage(str(run / "ray"), "tune-run", moved) == str(moved / "ray")
-    assert tune.resume_storage("/mnt/nfs/qtt", "other", moved) == "/mnt/nfs/qtt"
+    assert run_file.resume_storage(str(run / "ray"), "tune-run", moved) == str(moved / "ray")
+    assert run_file.resume_storage("/mnt/nfs/qtt", "other", moved) == "/mnt/nfs/qtt"

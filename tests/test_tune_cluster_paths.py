@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from qtt_ray import tune
+from qtt_ray import ray_runtime, tune
 from qtt_ray.trainables.sam2_trainable import check_gpus_usable
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,15 +55,15 @@ def _prepared(tmp_path: Path, storage: str | None) -> tune.Prepared:
 
 
 def test_default_storage_on_a_cluster_of_several_machines_warns(tmp_path, monkeypatch) -> None:
-    monkeypatch.delenv(tune.STORAGE_ENV, raising=False)
+    monkeypatch.delenv(ray_runtime.STORAGE_ENV, raising=False)
     default = _prepared(tmp_path, None)
-    warning = tune.storage_warning(default, {"10.0.0.1", "10.0.0.2"})
+    warning = ray_runtime.storage_warning(default, {"10.0.0.1", "10.0.0.2"})
     assert warning is not None and "spans 2 machines" in warning and "--storage" in warning
-    assert tune.storage_warning(default, {"10.0.0.1"}) is None  # one machine, many nodes
+    assert ray_runtime.storage_warning(default, {"10.0.0.1"}) is None  # one machine, many nodes
     shared = dataclasses.replace(default, storage="s3://bucket/qtt")  # no network in tests
-    assert tune.storage_warning(shared, {"10.0.0.1", "10.0.0.2"}) is None
+    assert ray_runtime.storage_warning(shared, {"10.0.0.1", "10.0.0.2"}) is None
     chosen = _prepared(tmp_path, str(tmp_path / "nfs"))  # a path the user chose, e.g. NFS
-    assert tune.storage_warning(chosen, {"10.0.0.1", "10.0.0.2"}) is None
+    assert ray_runtime.storage_warning(chosen, {"10.0.0.1", "10.0.0.2"}) is None
 
 
 def test_a_gpu_pytorch_cannot_use_fails_the_trial() -> None:

@@ -1,0 +1,116 @@
+"""Where ``qtt_ray.tune`` runs its trials: Ray started here or joined, how many trials fit at
+once on the nodes Ray sees, and whether the storage for their checkpoints can be used (checked
+before the model is built, so a bad path costs seconds, not a zero-shot evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtt_ray.cli import TUNE_PROG as PROG
+from qtt_ray.cli import CliError, join_ray_cluster, one_line
+
+if TYPE_CHECKING:
+    from qtt_ray.tune import Prepared
+
+STORAGE_ENV = "QTT_STORAGE_PATH"
+DEFAULT_STORAGE = "ray"  # Ray's storage_path inside the output folder, unless --storage
+WORKER_ENV = ("OMP_WAIT_POLICY",)  # passed to Ray workers
+
+
+def check_local_gpus(gpus_per_trial: float) -> None:
+    """Ray started here sees this machine's GPUs only: a trial asking for more would wait
+    forever (Ray only warns), so the budget would never start."""
+    import torch
+
+    found = torch.cuda.device_count()
+    if gpus_per_trial > found:
+        raise CliError(
+            f"--gpus-per-trial {gpus_per_trial:g}: this machine has {found} CUDA GPU(s), so no "
+            "trial could start; pass a smaller value (0 trains on CPU), or --address of a Ray "
+            "cluster with GPU workers"
+        )
+
+
+def check_storage(storage: str, experiment: str, source: str, fix: str,
+                  resume: bool = False) -> None:
+    """Storage Ray cannot use fails here in one line, before the model is built: Ray would
+    fail after zero-shot with a traceback (a path component that is a file, a bucket that does
+    not exist or cannot be reached), and a resume whose experiment is gone in Tuner.restore.
+    ``source`` names the option that gave the storage, ``fix`` what to do."""
+    from pyarrow.fs import FileType
+
+    from qtt_ray.trainables.checkpoints import probe_storage, storage_filesystem
+
+    where = f"{storage.rstrip('/')}/{experiment}" if "://" in storage else str(
+        Path(storage) / experiment)
+    try:
+        fs, path = storage_filesystem(storage)
+        probe_storage(fs, path)
+        found = fs.get_file_info(f"{path.rstrip('/')}/{experiment}").type
+    except (OSError, ValueError) as err:
+        raise CliError(f"{source}: Ray's storage {storage} cannot be used "
+                       f"({one_line(err)[:160]}); {fix}") from err
+    if resume and found != FileType.Directory:
+        raise CliError(f"{source}: the Ray experiment {where} is gone; start a new run")
+
+
+def plan_trials(args: argparse.Namespace) -> Any:
+    """Each trial's Ray resources and the number running at once, from the cluster Ray sees
+    (``--max-concurrent`` overrides the count)."""
+    from dataclasses import replace
+
+    from qtt_ray.trainables.settings import ray_nodes, trial_resources
+
+    nodes = ray_nodes()
+    plan = trial_resources(nodes, args.gpus_per_trial)
+    if args.address and "gpu" not in plan.request and args.gpus_per_trial is None:
+        print(f"{PROG}: the Ray cluster shows no GPU, so trials run on CPUs; on an autoscaling "
+              "cluster pass --gpus-per-trial 1 to ask for GPU workers", file=sys.stderr)
+    if args.max_concurrent is not None:
+        plan = replace(plan, slots=int(args.max_concurrent))
+    return plan
+
+
+def start_ray(address: str | None = None) -> None:
+    """Start Ray locally (no dashboard), or join the running cluster at ``address``."""
+    import ray
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we add the CSV logger
+    # num_to_keep forces a state snapshot per pause: expected here, not worth a warning each time
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not ray.is_initialized():
+        env = {name: os.environ[name] for name in WORKER_ENV if name in os.environ}
+        if address:
+            join_ray_cluster(address, log_to_driver=False, logging_level=logging.WARNING,
+                             runtime_env={"env_vars": env})
+            return
+        # "local": a Ray of our own, also where `ray start` runs a cluster (plain ray.init would
+        # join that one and refuse num_cpus with a traceback); --address auto joins it
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
+                 log_to_driver=False, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env})
+
+
+def cluster_hosts() -> set[str]:
+    """The machines of the running Ray cluster (several nodes of one machine count once)."""
+    import ray
+
+    return {str(node["NodeManagerAddress"]) for node in ray.nodes() if node.get("Alive")}
+
+
+def storage_warning(prep: Prepared, hosts: set[str]) -> str | None:
+    """Trials on several machines with checkpoints in the default folder on this one: a trial
+    paused on one machine cannot resume on another (Ray needs storage they all reach)."""
+    default = str((prep.output / DEFAULT_STORAGE).resolve())
+    if len(hosts) < 2 or "://" in prep.storage or prep.storage != default:
+        return None
+    return (f"the Ray cluster spans {len(hosts)} machines but checkpoints go to {prep.storage} "
+            f"on this one; pass --storage (or ${STORAGE_ENV}) with storage every node reaches "
+            "(s3://..., NFS), or a paused trial cannot resume on another machine")
