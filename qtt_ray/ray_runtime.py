@@ -77,9 +77,41 @@ def plan_trials(args: argparse.Namespace) -> Any:
     return plan
 
 
+class CtrlCNoise(logging.Filter):
+    """Drops what Ray Tune logs at a Ctrl-C: its own resume advice (``Tuner.restore(...)``,
+    wrong for our users, who get ``--resume DIR``), the stop notice, and the ERROR listing the
+    paused trials as "did not complete". Errors of a run that was not stopped pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopping = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Stop signal received"):
+            self.stopping = True
+            return False
+        if message.startswith("Experiment has been interrupted"):
+            return False
+        return not (self.stopping and message.startswith("Trials did not complete"))
+
+
+def quiet_ray_logs() -> None:
+    """Our own lines say what a user needs; Ray's that only repeat it (or advise Ray's API
+    instead of our options) are dropped: the Ctrl-C noise above, and the note that token
+    authentication is on, printed at every start of a local Ray (README's Security says it)."""
+    tune_logger = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, CtrlCNoise) for f in tune_logger.filters):
+        tune_logger.addFilter(CtrlCNoise())
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+        logging.ERROR)
+
+
 def start_ray(address: str | None = None) -> None:
     """Start Ray locally (no dashboard), or join the running cluster at ``address``."""
     import ray
+
+    quiet_ray_logs()
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # we add the CSV logger

@@ -45,6 +45,7 @@ from qtt_ray.cli import CliError, sigterm_stops_like_ctrl_c
 from qtt_ray.data import load_dataset
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.meta.schema import MetaSchemaError, append_runs, read_meta
+from qtt_ray.ray_runtime import quiet_ray_logs
 from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE, Config, SearchSpace, config_key
 
 DATASET_KEY = "_dataset"
@@ -459,6 +460,7 @@ def collect(
     # Ray's newer console output prints a banner (with the trial count of an open-ended search)
     # and a path into the scratch folder removed below; our own lines say what matters
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet_ray_logs()
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level=logging.ERROR)
     resources = trial_resources(ray_nodes(), gpus_per_trial, cpus_per_trial).request
