@@ -151,7 +151,10 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
             timeline = [(float(m.step), float(m.value)) for m in history]
         metrics, tags = run.data.metrics, run.data.tags
         size = tags.get("image_size")
-        rows.append(Row(run.info.run_name or run.info.run_id, tags.get("searcher", "?"),
+        name = run.info.run_name or run.info.run_id
+        if run.info.status != "FINISHED":  # interrupted (KILLED), running or failed: say so
+            name = f"{name} [{run.info.status.lower()}]"
+        rows.append(Row(name, tags.get("searcher", "?"),
                         tags.get("dataset", "?"), tags.get("model", "?"),
                         int(size) if size and size.isdigit() else None,
                         float(tags.get("budget_s", "nan")),

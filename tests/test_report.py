@@ -178,3 +178,10 @@ def test_compare_reads_the_same_numbers_from_mlflow_as_from_the_folders(tmp_path
         uri, "qtt-ray")
     assert folder_row.time_to_95_s == mlflow_row.time_to_95_s == 1.7
     assert folder_row.best_iou == mlflow_row.best_iou
+    assert mlflow_row.name == "a"
+    stopped = MlflowTracker(uri, "qtt-ray", "b", {"searcher": "random", "dataset": "demo",
+                                                  "budget_s": "90"})
+    stopped.start()
+    stopped.close("KILLED")  # an interrupted run showed "-" like a finished one without IoU
+    names = sorted(row.name for row in rows_from_mlflow(uri, "qtt-ray"))
+    assert names == ["a", "b [killed]"]
