@@ -80,7 +80,7 @@ def picture_grid(
             axis.set_xticks([])
             axis.set_yticks([])
             axis.set_title(title, fontsize=8)
-        axes[row][0].set_ylabel(sample.stem[:24], fontsize=8)
+        axes[row][0].set_ylabel(short_name(sample.stem), fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -103,6 +103,15 @@ def validation_grid(
     zero = predicted_masks(base, chosen, image_size, device, batch_size)
     tuned_masks = predicted_masks(tuned, chosen, image_size, device, batch_size)
     return picture_grid(chosen, [s.mask for s in chosen], zero, tuned_masks, path)
+
+
+def short_name(stem: str, width: int = 24) -> str:
+    """A file stem that fits a row label: long ones keep their start and their end (names
+    often differ only in a trailing number), joined by an ellipsis."""
+    if len(stem) <= width:
+        return stem
+    head = (width - 1) // 2
+    return f"{stem[:head]}\u2026{stem[-(width - 1 - head):]}"
 
 
 def adapter_validation_grid(

@@ -185,3 +185,15 @@ def test_compare_reads_the_same_numbers_from_mlflow_as_from_the_folders(tmp_path
     stopped.close("KILLED")  # an interrupted run showed "-" like a finished one without IoU
     names = sorted(row.name for row in rows_from_mlflow(uri, "qtt-ray"))
     assert names == ["a", "b [killed]"]
+
+
+def test_picture_row_labels_keep_the_end_of_long_names() -> None:
+    """Labels were cut to their first 24 characters: three files starting with
+    "pneumococcal-pneumonia-d" got the same label."""
+    from qtt_ray.pictures import short_name
+
+    names = [f"pneumococcal-pneumonia-day{d}-{i:04d}" for d, i in ((3, 12), (3, 13), (4, 12))]
+    labels = [short_name(n) for n in names]
+    assert len(set(labels)) == 3 and all(len(label) == 24 for label in labels)
+    assert labels[0] == "pneumococca\u2026ia-day3-0012"
+    assert short_name("img_001") == "img_001"
