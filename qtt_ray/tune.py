@@ -402,6 +402,18 @@ def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
     return epoch_s
 
 
+def release_gpu(model: Any) -> Any:
+    """The driver's base model, moved off the GPU until the pictures at the end: held there,
+    it (and the cached zero-shot peak) took GPU memory Ray gives the trials on that GPU."""
+    import torch
+
+    if next(model.parameters()).device.type != "cuda":
+        return model
+    model = model.to("cpu")
+    torch.cuda.empty_cache()
+    return model
+
+
 class InterruptWatch:
     """Did Ctrl-C end ``tuner.fit()``? Tune's SIGINT handler stops the run gracefully, returns
     normally and puts the previous handler back: this object is that handler, so afterwards
@@ -446,14 +458,18 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         from qtt_ray.model.finetune import zero_shot_iou
 
         device = prep.settings.resolved_device()
+        print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device})",
+              flush=True)
         base = build_model(prep.spec, device)
         started = time.monotonic()
         zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, base=base,
                                   batch_size=prep.settings.batch_size)
-        if prep.saved is None:
+        if prep.saved is None and not (args.address and device == "cpu"):
+            # on a cluster's CPU head the zero-shot time says nothing of the workers' GPUs
             check_budget(budget, prep, time.monotonic() - started)
         print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
               flush=True)
+        base = release_gpu(base)
     start_ray(args.address)
     plan = plan_trials(args)
     warning = storage_warning(prep, cluster_hosts())
@@ -503,7 +519,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         results.shutdown_s = shutdown_s
         if prep.replay is None:
             results.extra.update(export_best(recorder, results, prep, device))
-            draw_pictures(prep, results, device, base)
+            draw_pictures(prep, results, device, None if base is None else base.to(device))
         results.final_eval_s = time.monotonic() - final_start
         path = write_results(prep.output / RESULTS_FILE, results)
         update_run_file(prep.output, finished=True)  # --resume now refuses it

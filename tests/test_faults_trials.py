@@ -10,6 +10,7 @@ is lost or counted twice: the driver's curves equal the recorded ones, epoch by 
 from __future__ import annotations
 
 import functools
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ray_fixtures import ray_session, synthetic_meta  # noqa: F401
 
 from qtt_ray.bench.peers import OrderedFull
 from qtt_ray.integrity import MANIFEST
+from qtt_ray.progress import ProgressCallback
 from qtt_ray.searchers import SimulatedClock, make_search
 from qtt_ray.tracking import TrialRecorder
 from qtt_ray.trainables.replay_trainable import (
@@ -120,7 +122,16 @@ def test_a_trial_failing_past_the_limit_is_marked_failed_and_the_search_goes_on(
     ray_session, tmp_path  # noqa: F811
 ) -> None:
     faults = {0: {FAULT_EPOCH_KEY: 3, FAULT_KIND_KEY: "raise", FAULT_TIMES_KEY: 100}}
-    grid, setup, recorder, watch = run(tmp_path, "fails", faults, max_failures=1)
+    console = io.StringIO()
+    progress = ProgressCallback(100.0, stream=console, quiet=True)
+    grid, setup, recorder, watch = run(tmp_path, "fails", faults, max_failures=1,
+                                       extra_callbacks=[progress])
+    # the user is told why, also with --quiet (nothing was printed: "best IoU -", no reason)
+    lines = console.getvalue().splitlines()
+    assert any(line.startswith("trial ") and "retried from its last checkpoint" in line
+               and line.endswith("injected fault in epoch 3") for line in lines), lines
+    assert any("failed, the search goes on without it" in line
+               and line.endswith("injected fault in epoch 3") for line in lines), lines
     failed = [r for r in recorder.records() if r.status == Trial.ERROR]
     assert len(failed) == 1 and failed[0].epochs == 2  # its completed epochs are kept
     assert len(grid.errors) == 1

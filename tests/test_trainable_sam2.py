@@ -217,3 +217,38 @@ def test_trial_resources_follow_the_cluster_not_the_driver():
     assert trial_resources([{"CPU": 2.0}, {"CPU": 8.0}]) == TrialResources({"cpu": 2.0}, 5)
     assert trial_resources([gpu_worker], gpus_per_trial=0, cpus_per_trial=2) == TrialResources(
         {"cpu": 2.0}, 2)
+
+
+def test_a_cuda_out_of_memory_names_the_options_that_avoid_it(settings, monkeypatch) -> None:
+    """An OOM on a GPU (simulated: this machine has none) was a bare traceback in the trial's
+    error file, retried, and never shown; it must say which options lower the memory."""
+    from qtt_ray.trainables.sam2_trainable import TrialOutOfMemory
+
+    trainable = direct(settings, CONFIG)
+
+    def out_of_memory() -> dict:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainable.tuner, "train_epoch", out_of_memory)
+    with pytest.raises(TrialOutOfMemory, match=r"training SAM2 micro at 64 px, batch 2 \(CUDA "
+                                                r"out of memory.*lower --batch-size, "
+                                                r"--image-size .*--gpus-per-trial 1"):
+        trainable.train()
+
+
+def test_a_trial_without_a_gpu_trains_on_the_cpu() -> None:
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES for an actor asking num_gpus=0, so "auto" picked a
+    GPU that Ray did not count (--gpus-per-trial 0 trained on the GPU)."""
+    from qtt_ray.trainables.sam2_trainable import trial_device
+
+    assert trial_device("auto", "cuda", []) == "cpu"
+    assert trial_device("auto", "cuda", ["0"]) == "cuda"
+    assert trial_device("cuda", "cuda", []) == "cuda"  # asked for by name: as asked
+
+
+def test_no_gradients_stay_allocated_after_an_epoch(settings) -> None:
+    """A parked or evaluating tuner kept its last batch's gradients: on a GPU, memory per
+    parked trial for nothing."""
+    trainable = direct(settings, CONFIG)
+    trainable.train()
+    assert all(p.grad is None for p in trainable.tuner.params)

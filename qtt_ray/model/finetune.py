@@ -183,6 +183,9 @@ class FineTuner:
                 boxes += n_boxes
                 images += len(examples)
             self._torch_state = self._get_torch_state()
+        # the last batch's gradients would stay allocated while the trial evaluates, pauses or
+        # sits parked on its actor; the next step sets them afresh
+        self.optimizer.zero_grad(set_to_none=True)
         self.epoch += 1
         if not self.diverged and self.schedule.name != "plateau":
             self.schedule.after_epoch()  # plateau steps in evaluate(), on the validation loss

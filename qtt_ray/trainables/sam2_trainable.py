@@ -55,6 +55,29 @@ def check_gpus_usable(gpu_ids: list[Any], cuda_available: bool, node: str) -> No
         )
 
 
+def trial_device(asked: str, resolved: str, gpu_ids: list[Any]) -> str:
+    """A trial Ray gave no GPU trains on the CPU: Ray 2.60 leaves CUDA_VISIBLE_DEVICES as it was
+    for such an actor, so "auto" would pick a GPU that Ray does not count (measured: an actor
+    with num_gpus=0 saw the node's GPUs), sharing it with the trials Ray placed there."""
+    if asked == "auto" and not gpu_ids:
+        return "cpu"
+    return resolved
+
+
+def out_of_memory_hint(error: BaseException, spec_name: str, image_size: int,
+                       batch_size: int) -> str:
+    """One line for a CUDA out-of-memory error: which options lower a trial's memory."""
+    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return (f"CUDA out of memory training SAM2 {spec_name} at {image_size} px, batch "
+            f"{batch_size} ({first[:120]}); lower --batch-size, --image-size (512 has a quarter "
+            "of the pixels of 1024), take a smaller --model, or give each trial a whole GPU "
+            "(--gpus-per-trial 1)")
+
+
+class TrialOutOfMemory(RuntimeError):
+    """A trial's CUDA out-of-memory error, with the options that would avoid it."""
+
+
 class SAM2Trainable(tune.Trainable):
     """Use as ``tune.with_parameters(SAM2Trainable, settings=RunSettings(...).pinned())``."""
 
@@ -75,7 +98,9 @@ class SAM2Trainable(tune.Trainable):
         if in_ray_actor():
             import ray
 
-            check_gpus_usable(ray.get_gpu_ids(), torch.cuda.is_available(), this_node())
+            gpu_ids = ray.get_gpu_ids()
+            check_gpus_usable(gpu_ids, torch.cuda.is_available(), this_node())
+            self.device = trial_device(settings.device, self.device, gpu_ids)
         self.spec = settings.model_spec()
         try:
             self.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
@@ -111,8 +136,12 @@ class SAM2Trainable(tune.Trainable):
         self._ahead.settle()  # a staged save may still read the weights we are about to train
         started_unix = time.time()  # wall clock, comparable across actors of one node
         start = time.perf_counter()
-        train = self.tuner.train_epoch()
-        val = self.tuner.evaluate()
+        try:
+            train = self.tuner.train_epoch()
+            val = self.tuner.evaluate()
+        except torch.cuda.OutOfMemoryError as error:  # say which options would avoid it
+            raise TrialOutOfMemory(out_of_memory_hint(
+                error, self.spec.name, self.spec.image_size, self.settings.batch_size)) from error
         diverged = bool(train["diverged"])
         result = {
             "iou": float("nan") if diverged else val["iou"],
