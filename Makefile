@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BUDGET ?= 60
+MODEL ?= micro  # the random-weight reduced SAM2: no download, CPU-sized (README)
 
 .PHONY: install demo test lint bench clean
 
@@ -23,7 +24,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml Makefile scripts/deps.py
 	touch $@
 
 demo: install
-	$(PY) -m qtt_ray.tune --budget $(BUDGET)
+	$(PY) -m qtt_ray.tune --model $(MODEL) --budget $(BUDGET)
 
 test: install
 	$(PY) -m ruff check qtt_ray tests scripts

@@ -122,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray storage_path for checkpoints: shared storage (s3://..., NFS) for "
                         "multi-node runs (default $QTT_STORAGE_PATH or <output>/ray)")
     p.add_argument("--address", default=None,
-                   help="join a running Ray cluster ('auto' on its head node); default: start "
-                        "Ray locally on this machine")
+                   help="join a running Ray cluster ('auto' on its head node); default: "
+                        "$RAY_ADDRESS if set (ray job submit sets it), else a Ray of its own "
+                        "on this machine")
     p.add_argument("--resume", default=None, metavar="DIR",
                    help="continue an interrupted experiment from its output folder")
     p.add_argument("--max-failures", type=int, default=MAX_FAILURES,

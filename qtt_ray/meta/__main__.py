@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train", help="meta-train predictors, report held-out quality, write the artefact")
     train.add_argument("--meta", nargs="+", required=True, metavar="PATH",
-                       help="meta-data: .parquet, the QTT-SEG .csv, or the Meta-Album folder")
+                       help="meta-data: .parquet, the QTT-SEG .csv, the Meta-Album folder, or the "
+                            "names qttseg / metaalbum (the published curves in ../shared/meta)")
     train.add_argument("--out", default=None, metavar="DIR",
                        help="artefact folder (Predictors.save + MODEL_CARD.json)")
     train.add_argument("--holdout", nargs="*", default=[], metavar="DATASET",
