@@ -252,3 +252,26 @@ def test_no_gradients_stay_allocated_after_an_epoch(settings) -> None:
     trainable = direct(settings, CONFIG)
     trainable.train()
     assert all(p.grad is None for p in trainable.tuner.params)
+
+
+def test_parked_trials_give_gpu_memory_back_when_it_runs_short(settings, monkeypatch) -> None:
+    """Up to four paused trials stayed parked on the GPU whatever the memory left (a full model
+    copy each, beside the running trial and, at --gpus-per-trial 0.5, another actor). The GPU's
+    free memory is simulated: this machine has none."""
+    from qtt_ray.trainables import sam2_trainable
+
+    assert not sam2_trainable.gpu_memory_short("cpu")  # never on the CPU
+    actor = direct(settings, CONFIG)
+    actor._trial_info = SimpleNamespace(trial_id="a")
+    actor._owner = "a"
+    actor.train()
+    short = {"now": False}
+    monkeypatch.setattr(sam2_trainable, "gpu_memory_short", lambda device: short["now"])
+    monkeypatch.setattr(sam2_trainable.torch.cuda, "empty_cache", lambda: None)
+    _serve(actor, "b", OTHER)  # a is parked: memory is ample
+    assert list(actor._parked) == ["a"]
+    actor.train()
+    short["now"] = True
+    _serve(actor, "c", CONFIG)  # b would be parked, but memory is short: none stays
+    assert not actor._parked
+    actor.stop()

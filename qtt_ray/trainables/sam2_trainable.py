@@ -74,6 +74,17 @@ def out_of_memory_hint(error: BaseException, spec_name: str, image_size: int,
             "(--gpus-per-trial 1)")
 
 
+GPU_FREE_SHARE = 0.25  # parked trials are dropped while less of the GPU's memory is free
+
+
+def gpu_memory_short(device: str) -> bool:
+    """Less than ``GPU_FREE_SHARE`` of the device's memory is free (never on the CPU)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return False
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return free < GPU_FREE_SHARE * total
+
+
 class TrialOutOfMemory(RuntimeError):
     """A trial's CUDA out-of-memory error, with the options that would avoid it."""
 
@@ -240,6 +251,11 @@ class SAM2Trainable(tune.Trainable):
         self._parked.move_to_end(trial_id)
         while len(self._parked) > PARKED_TRIALS:
             self._parked.popitem(last=False)
+        # on a GPU the parked copies compete with the running trial's activations (and, with
+        # --gpus-per-trial 0.5, with another actor's): give memory back while it runs short
+        while self._parked and gpu_memory_short(self.device):
+            self._parked.popitem(last=False)
+            torch.cuda.empty_cache()
 
     def cleanup(self) -> None:
         self._ahead.close()
