@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "on")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep every trial's checkpoints after a finished run (default: remove "
-                        "them, the best model is in best/; about 50 MB per trial for SAM2 tiny)")
+                   help="keep every trial's checkpoints (default: a finished trial's go at "
+                        "once unless it is the best so far, the rest after the run, once best/ "
+                        "is exported; about 50 MB per trial for SAM2 tiny)")
     # replayed learning curves instead of training: tests and benchmarks
     p.add_argument("--replay-meta", default=None, help=argparse.SUPPRESS)
     p.add_argument("--replay-dataset", default=None, help=argparse.SUPPRESS)
@@ -403,6 +404,13 @@ def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
     return epoch_s
 
 
+def run_callback(tuner: Any, kind: str) -> Any:
+    """The run's Tune callback of class ``kind`` (a new run's or the restored one's), or None."""
+    local = getattr(tuner, "_local_tuner", None)
+    callbacks = (local.get_run_config().callbacks if local is not None else None) or []
+    return next((c for c in callbacks if type(c).__name__ == kind), None)
+
+
 def release_gpu(model: Any) -> Any:
     """The driver's base model, moved off the GPU until the pictures at the end: held there,
     it (and the cached zero-shot peak) took GPU memory Ray gives the trials on that GPU."""
@@ -531,6 +539,9 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         print_table(results, prep.output)
         if not args.keep_checkpoints:
             removed, size = prune_trial_checkpoints(prep.storage, prep.experiment)
+            pruner = run_callback(tuner, "FinishedTrialPruner")
+            if pruner is not None:  # what went during the run
+                removed, size = removed + pruner.removed, size + pruner.bytes
             if removed:
                 kept = ("" if prep.replay is not None  # a replay exports no model
                         else f"; the best model is in {prep.output / ADAPTER_DIR}")
@@ -582,6 +593,7 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
     from ray.tune.search import Searcher
 
     from qtt_ray.progress import ProgressCallback
+    from qtt_ray.pruning import FinishedTrialPruner
     from qtt_ray.searchers import SimulatedClock, WallClock, make_search
     from qtt_ray.searchers.budget_stopper import find_budget_stopper, tuning_stopper
     from qtt_ray.searchers.relocate import RelocatedSearchGenerator
@@ -643,6 +655,8 @@ def build_tuner(args: argparse.Namespace, prep: Prepared, slots: int, budget: fl
         tracker.elapsed_clock = recorder.elapsed  # one tuning clock for MLflow and results
     callbacks = [recorder, ProgressCallback(budget, zero_shot_iou=zero_shot, stream=sys.stderr,
                                             quiet=args.quiet), CSVLoggerCallback()]
+    if not args.keep_checkpoints:  # finished trials' checkpoints go as the run goes
+        callbacks.append(FinishedTrialPruner(recorder))
     if tracker is not None:
         callbacks.append(tracker)
     time_budget: float | None

@@ -25,6 +25,7 @@ from ray_fixtures import ray_session, synthetic_meta  # noqa: F401
 from qtt_ray.bench.peers import OrderedFull
 from qtt_ray.integrity import MANIFEST
 from qtt_ray.progress import ProgressCallback
+from qtt_ray.pruning import FinishedTrialPruner
 from qtt_ray.searchers import SimulatedClock, make_search
 from qtt_ray.tracking import TrialRecorder
 from qtt_ray.trainables.replay_trainable import (
@@ -56,7 +57,7 @@ class Watch(Callback):
 
 def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failures: int,
         extra_callbacks: list[Callback] | None = None, continue_in_place: bool = False,
-        ) -> tuple[Any, Any, TrialRecorder, Watch]:
+        prune: bool = False) -> tuple[Any, Any, TrialRecorder, Watch]:
     """``continue_in_place``: as qtt_ray.tune runs (no pauses here: OrderedFull picks the same
     trial again), with the checkpoint after every epoch it needs; else a pause per epoch."""
     meta = synthetic_meta(CONFIGS)
@@ -78,6 +79,7 @@ def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failur
         tune.with_parameters(ReplayTrainable, curves=ReplayCurves.from_meta(meta),
                              time_scale=0.002), {"cpu": 1})
     recorder, watch = TrialRecorder(), Watch()
+    pruners = [FinishedTrialPruner(recorder)] if prune else []
     tuner = tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=setup.search_alg, scheduler=setup.scheduler,
@@ -85,7 +87,7 @@ def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failur
                                     mode="max"),
         run_config=tune.RunConfig(
             name=name, storage_path=str(tmp_path), stop=setup.stop, verbose=0,
-            callbacks=[recorder, watch, *(extra_callbacks or [])],
+            callbacks=[recorder, watch, *pruners, *(extra_callbacks or [])],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_frequency=1 if continue_in_place else 0),
@@ -239,3 +241,18 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(
     assert [r.epochs for r in recorder.records()] == [10, 10, 10]
     assert_curves_are_the_recorded_ones(setup, recorder)
     assert len(setup.controller.history) == 30
+
+
+def test_finished_trials_lose_their_checkpoints_but_the_best_keeps_its(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    """A long run kept every finished trial's checkpoints until its end (tens of MB each with
+    an official SAM2, hundreds of trials); only the best trial's are needed, for best/."""
+    grid, setup, recorder, watch = run(tmp_path, "prune", {}, max_failures=0, prune=True)
+    records = recorder.records()
+    assert [r.status for r in records] == [Trial.TERMINATED] * CONFIGS
+    best = max(records, key=lambda r: r.best_iou).trial_id
+    experiment = tmp_path / "prune"
+    kept = {folder.parent.name for folder in experiment.glob("*/checkpoint_*")}
+    assert len(kept) == 1 and f"_{best}_" in next(iter(kept))  # the best trial's, no other
+    assert recorder.checkpoint(best, str(tmp_path)) is not None

@@ -123,19 +123,27 @@ def remove_trial_checkpoints(fs: Any, experiment_path: str) -> tuple[int, int]:
     removed, size = 0, 0
     trials = fs.get_file_info(FileSelector(experiment_path, allow_not_found=True))
     for trial in sorted(trials, key=lambda info: info.path):
-        if trial.type != FileType.Directory:
+        if trial.type == FileType.Directory:
+            trial_removed, trial_size = remove_checkpoint_folders(fs, trial.path)
+            removed, size = removed + trial_removed, size + trial_size
+    return removed, size
+
+
+def remove_checkpoint_folders(fs: Any, trial_path: str) -> tuple[int, int]:
+    """Delete one trial's ``checkpoint_*`` folders; returns (folders, bytes) removed."""
+    from pyarrow.fs import FileSelector, FileType
+
+    removed, size = 0, 0
+    for folder in sorted(fs.get_file_info(FileSelector(trial_path, allow_not_found=True)),
+                         key=lambda info: info.path):
+        if folder.type != FileType.Directory or not folder.base_name.startswith("checkpoint_"):
             continue
-        for folder in sorted(fs.get_file_info(FileSelector(trial.path)),
-                             key=lambda info: info.path):
-            if folder.type != FileType.Directory or not folder.base_name.startswith(
-                    "checkpoint_"):
-                continue
-            try:
-                files = fs.get_file_info(FileSelector(folder.path, recursive=True))
-                folder_size = sum(f.size or 0 for f in files if f.type == FileType.File)
-                fs.delete_dir(folder.path)
-            except OSError as err:
-                log.warning("could not remove checkpoint %s: %s", folder.path, err)
-                continue
-            removed, size = removed + 1, size + folder_size
+        try:
+            files = fs.get_file_info(FileSelector(folder.path, recursive=True))
+            folder_size = sum(f.size or 0 for f in files if f.type == FileType.File)
+            fs.delete_dir(folder.path)
+        except OSError as err:
+            log.warning("could not remove checkpoint %s: %s", folder.path, err)
+            continue
+        removed, size = removed + 1, size + folder_size
     return removed, size
