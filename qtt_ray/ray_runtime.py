@@ -130,6 +130,12 @@ def start_ray(address: str | None = None) -> None:
                  runtime_env={"env_vars": env})
 
 
+def trials_device(request: dict[str, float], replay: bool) -> str:
+    """Where the trials train: on a GPU when Ray gives each one (part of) a GPU; results.json's
+    "device" is the driver's, which on a cluster's CPU head says nothing about the trials."""
+    return "cuda" if request.get("gpu") and not replay else "cpu"
+
+
 def cluster_hosts() -> set[str]:
     """The machines of the running Ray cluster (several nodes of one machine count once)."""
     import ray

@@ -48,6 +48,7 @@ from qtt_ray.ray_runtime import (  # noqa: E402
     plan_trials,
     start_ray,
     storage_warning,
+    trials_device,
 )
 from qtt_ray.results import (  # noqa: E402
     ADAPTER_DIR,
@@ -526,6 +527,8 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         results = summarise(args, prep, budget, zero_shot, startup_s, spent + elapsed, recorder,
                             setup, slots)
         results.shutdown_s = shutdown_s
+        # "device" is the driver's (zero-shot, export); the trials ran where Ray put them
+        results.extra["trial_device"] = trials_device(plan.request, prep.replay is not None)
         if prep.replay is None:
             results.extra.update(export_best(recorder, results, prep, device))
             draw_pictures(prep, results, device, None if base is None else base.to(device))

@@ -124,3 +124,11 @@ def test_a_token_at_hand_without_ray_auth_mode_is_named(tmp_path, monkeypatch) -
     assert token_auth_left_off()
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert not token_auth_left_off()
+
+
+def test_results_name_the_trials_device_not_only_the_drivers() -> None:
+    from qtt_ray.ray_runtime import trials_device
+
+    assert trials_device({"cpu": 1.0, "gpu": 0.5}, replay=False) == "cuda"
+    assert trials_device({"cpu": 2.0}, replay=False) == "cpu"
+    assert trials_device({"cpu": 1.0, "gpu": 1.0}, replay=True) == "cpu"  # replays sleep
