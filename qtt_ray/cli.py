@@ -70,7 +70,7 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
 
 
 @contextmanager
-def sigterm_stops_like_ctrl_c() -> Iterator[None]:
+def signals_stop_like_ctrl_c() -> Iterator[None]:
     """While active, SIGTERM (``kill``, a batch scheduler's time limit) and SIGHUP (the SSH
     session or terminal went away) stop a run the way Ctrl-C does: Tune ends it gracefully, so
     it can be resumed. The SIGTERM handler ``ray.init`` installs exits at once instead (a C++

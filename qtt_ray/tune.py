@@ -37,7 +37,7 @@ from qtt_ray.cli import (  # noqa: E402
     one_line,
     probe_ray_head,
     run_cli,
-    sigterm_stops_like_ctrl_c,
+    signals_stop_like_ctrl_c,
 )
 from qtt_ray.ray_runtime import (  # noqa: E402
     DEFAULT_STORAGE,
@@ -405,11 +405,11 @@ def check_budget(budget: float, prep: Prepared, eval_s: float) -> float:
     return epoch_s
 
 
-def run_callback(tuner: Any, kind: str) -> Any:
+def run_callback(tuner: Any, kind: type) -> Any:
     """The run's Tune callback of class ``kind`` (a new run's or the restored one's), or None."""
     local = getattr(tuner, "_local_tuner", None)
     callbacks = (local.get_run_config().callbacks if local is not None else None) or []
-    return next((c for c in callbacks if type(c).__name__ == kind), None)
+    return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
 def release_gpu(model: Any) -> Any:
@@ -505,7 +505,7 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         # paused trial the policy resumes in a second slot waited for the first to pause, so
         # --max-concurrent 2 trained one trial at a time (measured: 1 running in 46 of 58 lines)
         os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(slots)
-        with InterruptWatch() as watch, sigterm_stops_like_ctrl_c():
+        with InterruptWatch() as watch, signals_stop_like_ctrl_c():
             tuner.fit()
         fit_end = time.monotonic()
         fit_s = fit_end - tuning_start
@@ -542,7 +542,9 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         print_table(results, prep.output)
         if not args.keep_checkpoints:
             removed, size = prune_trial_checkpoints(prep.storage, prep.experiment)
-            pruner = run_callback(tuner, "FinishedTrialPruner")
+            from qtt_ray.pruning import FinishedTrialPruner
+
+            pruner = run_callback(tuner, FinishedTrialPruner)
             if pruner is not None:  # what went during the run
                 removed, size = removed + pruner.removed, size + pruner.bytes
             if removed:

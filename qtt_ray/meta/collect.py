@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from qtt_ray.cli import CliError, sigterm_stops_like_ctrl_c
+from qtt_ray.cli import CliError, signals_stop_like_ctrl_c
 from qtt_ray.data import load_dataset
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.meta.schema import MetaSchemaError, append_runs, read_meta
@@ -489,7 +489,7 @@ def collect(
                 verbose=0,
             ),
         )
-        with sigterm_stops_like_ctrl_c():  # finished runs are kept, a rerun completes it
+        with signals_stop_like_ctrl_c():  # finished runs are kept, a rerun completes it
             tuner.fit()
     finally:
         if scratch is not None:
