@@ -94,14 +94,15 @@ def validation_grid(
     rows: int = DEFAULT_ROWS,
     device: str | torch.device = "cpu",
     batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "fp32",
 ) -> Path:
     """Zero-shot (``base``) and tuned predictions of the first ``rows`` samples with foreground,
     drawn with ``picture_grid``; both models must already be on ``device``."""
     chosen = [s for s in samples if s.classes_present][:rows]
     if not chosen:
         raise ValueError("validation_grid: no validation image has foreground to prompt")
-    zero = predicted_masks(base, chosen, image_size, device, batch_size)
-    tuned_masks = predicted_masks(tuned, chosen, image_size, device, batch_size)
+    zero = predicted_masks(base, chosen, image_size, device, batch_size, precision)
+    tuned_masks = predicted_masks(tuned, chosen, image_size, device, batch_size, precision)
     return picture_grid(chosen, [s.mask for s in chosen], zero, tuned_masks, path)
 
 
@@ -121,13 +122,14 @@ def adapter_validation_grid(
     rows: int = DEFAULT_ROWS,
     device: str = "cpu",
     base: nn.Module | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """``validation_grid`` for an exported adapter; the base is rebuilt from its ModelSpec
     unless the caller passes the one it already holds."""
     loaded = load_adapter(adapter_dir, device)
     base = base if base is not None else build_model(loaded.spec, device)
     return validation_grid(samples, base, loaded.model, loaded.spec.image_size, path, rows,
-                           device)
+                           device, precision=precision)
 
 
 def best_iou_plot(results: Results, path: str | Path) -> Path:

@@ -58,6 +58,7 @@ from qtt_ray.model.adapter import META, WEIGHTS, LoadedAdapter, load_adapter
 from qtt_ray.model.build import ModelError, ModelSpec, canonical_name
 from qtt_ray.model.forward import box_logits, collate
 from qtt_ray.model.metrics import IoUAccumulator, semantic_prediction
+from qtt_ray.precision import PRECISIONS, PrecisionError, resolve_precision
 from qtt_ray.predict_io import (
     PredictError,
     Prompt,
@@ -81,16 +82,18 @@ PROG = "python -m qtt_ray.predict"
 @torch.no_grad()
 def example_logits(
     model: nn.Module, examples: Sequence[Example], device: str | torch.device = "cpu",
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = DEFAULT_BATCH_SIZE, precision: str = "fp32",
 ) -> list[torch.Tensor]:
     """(K, S, S) box logits on CPU per example (each needs K >= 1), batched like
-    ``evaluate_model`` so the numbers match validation's bit for bit."""
+    ``evaluate_model`` so the numbers match validation's bit for bit (at the same resolved
+    ``precision``)."""
     model.eval()
     out: list[torch.Tensor] = []
     step = max(1, int(batch_size))
     for first in range(0, len(examples), step):
         batch = collate(examples[first : first + step]).to(device)
-        logits = box_logits(model, batch.images, batch.boxes, batch.box_image).float().cpu()
+        logits = box_logits(model, batch.images, batch.boxes, batch.box_image,
+                            precision).float().cpu()
         owner = batch.box_image.cpu()
         out += [logits[owner == image] for image in range(batch.num_images)]
     return out
@@ -108,12 +111,13 @@ def semantic_map(logits: torch.Tensor, class_ids: torch.Tensor, size: tuple[int,
 def predicted_masks(
     model: nn.Module, samples: Sequence[Sample], image_size: int,
     device: str | torch.device = "cpu", batch_size: int = DEFAULT_BATCH_SIZE,
+    precision: str = "fp32",
 ) -> list[np.ndarray]:
     """Class maps at each sample's original size, prompted by its ground truth's tight boxes
     (validation's prompts); a sample without foreground gets an empty map."""
     examples = [make_example(sample, image_size) for sample in samples]
     prompted = [e for e in examples if e.num_boxes > 0]
-    logits = iter(example_logits(model, prompted, device, batch_size))
+    logits = iter(example_logits(model, prompted, device, batch_size, precision))
     return [
         semantic_map(next(logits), e.class_ids, s.mask.shape) if e.num_boxes
         else np.zeros(s.mask.shape, np.uint8)
@@ -346,14 +350,19 @@ def predict_folder(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     checkpoint: str | Path | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Segment every image of ``images`` with the tuned adapter of ``run``; returns the summary
     that is also written as ``out/predict.json``. ``checkpoint``: where the base checkpoint is
-    now, when it moved since tuning."""
+    now, when it moved since tuning; ``precision``: the forward's (``qtt_ray.precision``)."""
     start = time.perf_counter()
     if boxes is None and masks is None:
         raise PredictError("give --boxes boxes.json or --masks DIR: SAM2 needs box prompts")
     device = resolve_device(device)
+    try:
+        precision = resolve_precision(precision, device)
+    except PrecisionError as error:
+        raise PredictError(f"--precision: {error}") from error
     adapter_dir = find_adapter_dir(Path(run))
     spec = check_adapter_model(adapter_dir)
     files = list_images(Path(images))
@@ -388,7 +397,7 @@ def predict_folder(
     staging = _staging_folder(out_dir)
     try:
         summary = _predict_into(staging, out_dir, adapter_dir, spec, files, references, prompts,
-                                device, batch_size, checkpoint)
+                                device, batch_size, checkpoint, precision)
         summary.update(
             boxes_file=None if boxes is None else str(boxes),
             masks_dir=None if masks is None else str(masks),
@@ -410,7 +419,7 @@ def predict_folder(
 def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSpec,
                   files: dict[str, Path], references: dict[str, np.ndarray],
                   prompts: dict[str, Prompt] | None, device: str, batch_size: int,
-                  checkpoint: str | Path | None) -> dict[str, Any]:
+                  checkpoint: str | Path | None, precision: str) -> dict[str, Any]:
     """Load the model, segment every image and write its mask and overlay under ``staging``;
     the summary (without the timing and input paths)."""
     try:
@@ -436,11 +445,11 @@ def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSp
     ]
     prompted = [job for job in jobs if job.example is not None]
     main_logits = example_logits(loaded.model, [job.example for job in prompted if job.example],
-                                 device, batch_size)
+                                 device, batch_size, precision)
     logits_of = {job.stem: [lg] for job, lg in zip(prompted, main_logits, strict=True)}
     rescued = [job for job in jobs if job.lost is not None]
     lost_logits = example_logits(loaded.model, [job.lost for job in rescued if job.lost],
-                                 device, batch_size)
+                                 device, batch_size, precision)
     for job, lg in zip(rescued, lost_logits, strict=True):
         logits_of.setdefault(job.stem, []).append(lg)
 
@@ -483,6 +492,7 @@ def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSp
         "model": loaded.spec.to_json(),
         "config": loaded.config,
         "device": device,
+        "precision": precision,
         "image_size": size,
         "prompts": "boxes file" if prompts is not None else "reference masks",
         "iou": overall.score() if evaluated else None,
@@ -504,11 +514,12 @@ def segment(
     image: np.ndarray,
     boxes: Mapping[int, Box] | Sequence[Any],
     image_size: int | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """The (H, W) uint8 class-id mask of one image from box prompts: ``predict``'s own code path
     (the same preprocessing, box mapping, forward and upsampling), so its masks equal
     ``predict --batch-size 1``'s bit for bit (other batch sizes may differ in the last bits of
-    a logit).
+    a logit). ``precision``: as predict's ``--precision``, for the model's device.
 
     ``model``: ``load_adapter(run / "best")`` (or its ``.model``, then ``image_size`` defaults
     to the model's own); it runs on the device it is on. ``image``: (H, W, 3) uint8 RGB, as
@@ -551,7 +562,7 @@ def segment(
     example = _box_example(preprocess_image(pixels, image_size), prompt.boxes, prompt.class_ids,
                            height, width, None)
     device = next(network.parameters()).device
-    logits = example_logits(network, [example], device, 1)[0]
+    logits = example_logits(network, [example], device, 1, resolve_precision(precision, device))[0]
     return semantic_map(logits, example.class_ids, (height, width))
 
 
@@ -589,7 +600,8 @@ def format_summary(summary: dict[str, Any], out: Path, limit: int = 20) -> str:
         )
     lines.append(
         f"wrote {len(rows)} masks to {out / 'masks'}, overlays to {out / 'overlays'}, summary "
-        f"{out / SUMMARY} ({summary['seconds']:.1f} s on {summary['device']})"
+        f"{out / SUMMARY} ({summary['seconds']:.1f} s on {summary['device']}, "
+        f"{summary['precision']})"
     )
     return "\n".join(printable(line) for line in lines)
 
@@ -636,6 +648,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "the same file: its size and SHA-256 are checked)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                         help="where the model runs: auto (default) takes a CUDA GPU if visible")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="the forward's: auto (default) = bf16 autocast on GPUs with native "
+                             "bf16, fp32 elsewhere (as tuning's trials)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}, tuning's "
                              "validation batches, so its IoU is reproduced exactly); lower it if "
@@ -650,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size {args.batch_size} must be at least 1")
         summary = predict_folder(args.run, args.images, args.out, args.boxes, args.masks,
-                                 args.device, args.batch_size, args.checkpoint)
+                                 args.device, args.batch_size, args.checkpoint, args.precision)
         print(format_summary(summary, args.out))
         return 0
 

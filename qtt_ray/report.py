@@ -141,6 +141,11 @@ def _base_rows(results: Results) -> list[tuple[str, str]]:
         rows.append(("checkpoint", f"`{results.checkpoint}`{digest}"))
     if results.image_size is not None:
         rows.append(("image size", f"{results.image_size} px"))
+    device = results.extra.get("trial_device")
+    precision = results.extra.get("trial_precision")
+    if isinstance(device, str):  # where the trials trained, and the forward's precision
+        rows.append(("trials ran on", device + (f", {precision}"
+                                                 if isinstance(precision, str) else "")))
     return rows
 
 

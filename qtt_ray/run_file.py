@@ -21,7 +21,7 @@ RUN_FILE = "run.json"  # what --resume needs to rebuild the trainable
 # options fixed by the first run; --resume refuses different values (but --checkpoint may
 # re-point a moved checkpoint: the same file, by its recorded fingerprint)
 RESUME_FIXED = ("data", "model", "checkpoint", "num_images", "image_size", "batch_size", "seed",
-                "searcher", "predictors", "replay_meta", "replay_dataset")
+                "precision", "searcher", "predictors", "replay_meta", "replay_dataset")
 PATH_OPTIONS = ("data", "checkpoint", "predictors", "replay_meta")  # compared resolved
 MOVABLE_OPTIONS = ("checkpoint",)  # checked by RunSettings.relocated, not by equality
 

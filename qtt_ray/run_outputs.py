@@ -117,9 +117,11 @@ def prune_trial_checkpoints(storage: str, experiment: str,
         return 0, 0
 
 
-def export_best(recorder: Any, results: Results, prep: Prepared, device: str) -> dict[str, Any]:
+def export_best(recorder: Any, results: Results, prep: Prepared, device: str,
+                precision: str = "fp32") -> dict[str, Any]:
     """The best trial's latest checkpoint carries its best epoch's weights: export those (not the
-    last epoch's) to ``<output>/best``; ``adapter_iou`` re-measures the exported files."""
+    last epoch's) to ``<output>/best``; ``adapter_iou`` re-measures the exported files (at the
+    driver's resolved ``precision``)."""
     # with its filesystem: an object store's checkpoint path (bucket/prefix/...) is no folder
     checkpoint = recorder.checkpoint(results.best_trial or "", prep.storage)
     if checkpoint is None or results.best_config is None:
@@ -136,7 +138,8 @@ def export_best(recorder: Any, results: Results, prep: Prepared, device: str) ->
     del tuner
     exported = load_adapter(folder, device)
     examples = prompted_examples(prep.dataset.val, prep.spec.image_size)
-    iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size)["iou"]
+    iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size,
+                         precision)["iou"]
     return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: int(exported.info.get("epoch", 0)),
             EXTRA_ADAPTER_IOU: iou}
 
@@ -173,7 +176,8 @@ def white_is_class_one(dataset: Any) -> bool | None:
     return None
 
 
-def draw_pictures(prep: Prepared, results: Results, device: str, base: Any) -> None:
+def draw_pictures(prep: Prepared, results: Results, device: str, base: Any,
+                  precision: str = "fp32") -> None:
     """The validation picture grid of the exported adapter (before MLflow logs artefacts)."""
     from qtt_ray.pictures import GRID_FILE, adapter_validation_grid
 
@@ -182,7 +186,7 @@ def draw_pictures(prep: Prepared, results: Results, device: str, base: Any) -> N
                                                            for s in prep.dataset.val):
         return
     adapter_validation_grid(adapter, prep.dataset.val, prep.output / GRID_FILE, rows=4,
-                            device=device, base=base)
+                            device=device, base=base, precision=precision)
 
 
 def write_artifacts(output: Path, results: Results, recorder: Any, tracker: Any,

@@ -61,6 +61,9 @@ class TrialRecorder(Callback):
         # seconds the actors spent saving, resetting and restoring (the trainable's
         # ``actor_<op>_s`` result keys): where the time between epochs goes
         self.actor_ops: dict[str, list[float]] = {}
+        # the forward precision each trial reported ("fp32", "bf16"): each actor resolves
+        # "auto" for its own device, and a cluster may mix GPU kinds
+        self.precisions: set[str] = set()
 
     def elapsed(self) -> float:
         """Tuning seconds: from the first step's start (plus an interrupted run's)."""
@@ -135,6 +138,8 @@ class TrialRecorder(Callback):
                 float(result["step_started_unix"]), float(result["step_ended_unix"]),
                 trial.trial_id, int(result.get("training_iteration", 0)),
             ))
+        if isinstance(result.get("precision"), str):
+            self.precisions.add(result["precision"])
         for key, seconds in result.items():
             if (key.startswith("actor_") and key.endswith("_s") and isinstance(seconds, float)
                     and math.isfinite(seconds)):  # NaN: the actor did not do it since last step
@@ -166,7 +171,7 @@ class TrialRecorder(Callback):
         return {**self.__dict__, "checkpoint_handles": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"checkpoint_handles": {}, **state})
+        self.__dict__.update({"checkpoint_handles": {}, "precisions": set(), **state})
 
     def checkpoint(self, trial_id: str, storage: str) -> Any:
         """The trial's latest checkpoint as a Ray ``Checkpoint`` (``as_directory`` gives a local

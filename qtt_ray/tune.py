@@ -39,6 +39,7 @@ from qtt_ray.cli import (  # noqa: E402
     run_cli,
     signals_stop_like_ctrl_c,
 )
+from qtt_ray.precision import PRECISIONS, resolve_precision  # noqa: E402
 from qtt_ray.ray_runtime import (  # noqa: E402
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model input size in pixels, a multiple of 32 (default 1024 for official "
                         "checkpoints, their training size; 128 for micro); smaller is faster")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="the model's forward: auto (default) = bf16 autocast on GPUs with "
+                        "native bf16 (A100, A10G, L4, H100, RTX 30xx/40xx), as SAM2's own "
+                        "fine-tuning; fp32 elsewhere (CPU, T4, V100)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials running at once (default: number of GPUs, 1 on CPU)")
@@ -331,7 +336,7 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
         settings = RunSettings(
             data=args.data, num_images=args.num_images, data_seed=args.seed, model=args.model,
             checkpoint=args.checkpoint, image_size=args.image_size, batch_size=args.batch_size,
-            seed=args.seed,
+            seed=args.seed, precision=args.precision,
         )
         replay = None
         if args.replay_meta is not None:
@@ -412,6 +417,28 @@ def run_callback(tuner: Any, kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
+def check_memory(args: argparse.Namespace, prep: Prepared, base: Any, device: str,
+                 precision: str) -> None:
+    """Trials that will train on this machine's GPU: one step of the hungriest configuration
+    first (``qtt_ray.preflight``), so a run that cannot fit fails in one line, not after its
+    budget went to out-of-memory failures."""
+    share = args.gpus_per_trial
+    if args.address or device != "cuda" or share == 0:
+        return  # on a cluster the trials' GPUs are elsewhere; CPU trials need no check
+    from qtt_ray.preflight import TIGHT_SHARE, TrialDoesNotFit, check_trial_fits
+
+    per_gpu = max(1, int(1.0 / share + 1e-9)) if share and share < 1 else 1
+    try:
+        memory = check_trial_fits(prep.spec, prep.dataset, base, device,
+                                  prep.settings.batch_size, precision, per_gpu)
+    except TrialDoesNotFit as error:
+        raise CliError(str(error)) from None
+    if memory is not None:
+        tight = memory.peak * per_gpu > TIGHT_SHARE * memory.total
+        print(memory.line(per_gpu) + (" (tight: the trials may run out of memory)"
+                                      if tight else ""), flush=True)
+
+
 def release_gpu(model: Any) -> Any:
     """The driver's base model, moved off the GPU until the pictures at the end: held there,
     it (and the cached zero-shot peak) took GPU memory Ray gives the trials on that GPU."""
@@ -462,23 +489,25 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         args.max_failures = int(prep.saved.get("options", {}).get("max_failures",
                                                                    args.max_failures))
 
-    device, base, zero_shot = "cpu", None, None
+    device, precision, base, zero_shot = "cpu", "fp32", None, None
     if prep.replay is None:
         from qtt_ray.model.build import build_model
         from qtt_ray.model.finetune import zero_shot_iou
 
         device = prep.settings.resolved_device()
-        print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device})",
-              flush=True)
+        precision = resolve_precision(prep.settings.precision, device)
+        print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device}, "
+              f"{precision})", flush=True)
         base = build_model(prep.spec, device)
         started = time.monotonic()
         zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, base=base,
-                                  batch_size=prep.settings.batch_size)
+                                  batch_size=prep.settings.batch_size, precision=precision)
         if prep.saved is None and not (args.address and device == "cpu"):
             # on a cluster's CPU head the zero-shot time says nothing of the workers' GPUs
             check_budget(budget, prep, time.monotonic() - started)
         print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
               flush=True)
+        check_memory(args, prep, base, device, precision)
         base = release_gpu(base)
     start_ray(args.address)
     plan = plan_trials(args)
@@ -529,9 +558,13 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         results.shutdown_s = shutdown_s
         # "device" is the driver's (zero-shot, export); the trials ran where Ray put them
         results.extra["trial_device"] = trials_device(plan.request, prep.replay is not None)
+        if prep.replay is None:  # the zero-shot's and export's, and what the trials reported
+            results.extra["precision"] = precision
+            results.extra["trial_precision"] = ", ".join(sorted(recorder.precisions)) or None
         if prep.replay is None:
-            results.extra.update(export_best(recorder, results, prep, device))
-            draw_pictures(prep, results, device, None if base is None else base.to(device))
+            results.extra.update(export_best(recorder, results, prep, device, precision))
+            draw_pictures(prep, results, device, None if base is None else base.to(device),
+                          precision)
         results.final_eval_s = time.monotonic() - final_start
         path = write_results(prep.output / RESULTS_FILE, results)
         update_run_file(prep.output, finished=True)  # --resume now refuses it

@@ -63,7 +63,7 @@ def test_logits_per_box_do_not_depend_on_the_rest_of_the_batch(base):
 def test_gradients_reach_lora_and_decoder_only(base):
     config = {"lora": 1, "lora_rank": 4, "lora_dropout": 0.0}
     model = make_trainable(copy.deepcopy(base), config).train()
-    batch = collate([example(0, [[1, 2, 30, 40]]), example(1, [[5, 5, 60, 60]])])
+    batch = collate([example(0, [[1, 2, 30, 40]]), example(1, [[5, 5, 60, 60]])]).to("cpu")
     logits = box_logits(model, batch.images, batch.boxes, batch.box_image)
     torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.masks).backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None}
@@ -75,7 +75,8 @@ def test_gradients_reach_lora_and_decoder_only(base):
 
 def test_examples_keep_their_targets_as_bytes_and_batches_as_floats():
     """A worker keeps every training example in memory: float32 targets took 4x the bytes
-    (camvid at 1024 px, about 10 classes per image: 5.4 GB of examples per worker)."""
+    (camvid at 1024 px, about 10 classes per image: 5.4 GB of examples per worker). A batch
+    keeps them as bytes until it is on the device (a quarter of the host-to-GPU copy)."""
     import numpy as np
 
     from qtt_ray.data.example import example_from_resized
@@ -84,7 +85,9 @@ def test_examples_keep_their_targets_as_bytes_and_batches_as_floats():
     mask[2:6, 3:9], mask[10:14, 10:12] = 1, 2
     example = example_from_resized(torch.zeros(3, 16, 16), mask)
     assert example.masks.dtype == torch.uint8 and example.masks.shape == (2, 16, 16)
-    batch = collate([example])
+    collated = collate([example])
+    assert collated.masks.dtype == torch.uint8
+    batch = collated.to("cpu")
     assert batch.masks.dtype == torch.float32
     assert torch.equal(batch.masks, example.masks.float())
     assert batch.masks.sum().item() == 4 * 6 + 4 * 2

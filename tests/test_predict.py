@@ -93,6 +93,24 @@ def test_predict_with_masks_reproduces_validation_exactly(tuned, tmp_path, capsy
     assert f"IoU {tuned['iou']:.4f}" in printed and "boxes  iou" in printed
 
 
+def test_predict_in_bf16_matches_a_bf16_validation(tuned, tmp_path, capsys) -> None:
+    """--precision bf16 runs the forward as a bf16 trial validates: the same IoU, recorded."""
+    from qtt_ray.model.adapter import load_adapter
+    from qtt_ray.model.evaluate import evaluate_model, prompted_examples
+
+    out = tmp_path / "out"
+    code, printed, _ = _predict(["--run", str(tuned["run"]), "--images", str(tuned["val"]),
+                                 "--masks", str(tuned["val"] / "masks"), "--out", str(out),
+                                 "--device", "cpu", "--precision", "bf16"], capsys)
+    assert code == 0 and "on cpu, bf16)" in printed
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["precision"] == "bf16"
+    loaded = load_adapter(tuned["run"] / BEST_ADAPTER)
+    examples = prompted_examples(tuned["dataset"].val, S)
+    want = evaluate_model(loaded.model, examples, "cpu", BATCH, "bf16")["iou"]
+    assert summary["iou"] == want != tuned["iou"]  # bf16 ran, and as validation runs it
+
+
 def _boxes_file(tuned, path: Path) -> Path:
     """Each validation image's per-class tight boxes, written in all three accepted forms."""
     entries = {}

@@ -78,6 +78,16 @@ def test_report_holds_the_table_config_time_and_pictures(tmp_path: Path) -> None
     assert width > 2 * height  # two panels: timeline and per-trial curves
 
 
+def test_report_says_where_and_at_which_precision_the_trials_trained(tmp_path: Path) -> None:
+    run = results()
+    run.extra.update(trial_device="cuda", trial_precision="bf16")
+    write_results(tmp_path / RESULTS_FILE, run)
+    assert "| trials ran on | cuda, bf16 |" in write_report(tmp_path).read_text()
+    del run.extra["trial_precision"]  # a run from before precision was recorded
+    write_results(tmp_path / RESULTS_FILE, run)
+    assert "| trials ran on | cuda |" in write_report(tmp_path).read_text()
+
+
 def test_report_without_grid_timeline_or_zero_shot(tmp_path: Path) -> None:
     write_results(tmp_path / RESULTS_FILE, results(timeline=False, zero_shot=None))
     text = write_report(tmp_path).read_text()

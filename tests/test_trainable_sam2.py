@@ -73,6 +73,7 @@ def test_step_reports_every_metric(settings):
     assert RESULT_KEYS <= set(result)
     assert result["epoch"] == 1 and result["training_iteration"] == 1
     assert 0.0 <= result["iou"] <= 1.0 and np.isfinite(result["loss"])
+    assert result["precision"] == "fp32"  # "auto" on a CPU
     assert result["diverged"] is False
     assert result["epoch_s"] >= result["train_s"] + result["eval_s"] - 1e-6
     trainable.stop()
@@ -95,6 +96,14 @@ def test_pause_resume_and_actor_reuse_give_the_uninterrupted_epoch(settings, tmp
     assert got["epoch"] == 2
     straight.stop()
     reused.stop()
+
+
+def test_a_bf16_run_trains_its_trials_in_bf16(settings):
+    trainable = direct(replace(settings, precision="bf16"), CONFIG)
+    result = trainable.train()
+    assert result["precision"] == "bf16" and trainable.tuner.precision == "bf16"
+    assert 0.0 <= result["iou"] <= 1.0 and np.isfinite(result["loss"])
+    trainable.stop()
 
 
 def test_reset_config_starts_a_fresh_trial_on_the_cached_base(settings):

@@ -105,6 +105,16 @@ def test_resume_compares_paths_resolved_not_as_typed(files, tmp_path, monkeypatc
         _resume(run, "--data", "demo")
 
 
+def test_resume_keeps_the_precision_of_the_run(files, tmp_path) -> None:
+    """The cost predictor learned this run's epoch times at its precision: --resume keeps it
+    (--precision auto, the default, is recorded as typed)."""
+    run, _ = _started_run(files, tmp_path)
+    assert _resume(run).settings.precision == "auto"
+    assert _resume(run, "--precision", "auto").settings.precision == "auto"
+    with pytest.raises(tune.CliError, match="was tuned with --precision auto, not bf16"):
+        _resume(run, "--precision", "bf16")
+
+
 def test_a_training_state_loads_onto_the_moved_base(files, tmp_path) -> None:
     import torch
 

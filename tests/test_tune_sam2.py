@@ -41,6 +41,8 @@ def check_run(output: Path, budget: float, searcher: str) -> None:
     assert results.extra[EXTRA_ADAPTER_EPOCH] == results.best_epoch
     assert abs(results.extra[EXTRA_ADAPTER_IOU] - results.best_iou) < 1e-4
     assert results.extra["trial_device"] == "cpu"  # no GPU here: the trials ran on CPUs
+    # --precision auto: fp32 on a CPU, for the zero-shot and for every trial
+    assert results.extra["precision"] == results.extra["trial_precision"] == "fp32"
     for name in ("best_iou.png", "report.md", "pictures.png", "iou_over_time.png"):
         assert (output / name).is_file(), name
     client = MlflowClient(f"sqlite:///{output / 'mlflow.db'}")

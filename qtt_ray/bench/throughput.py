@@ -20,6 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qtt_ray.bench import BenchError
+from qtt_ray.precision import PRECISIONS
+
 FIRST_EPOCH = re.compile(r"\|\s*1 epoch\b")  # the progress line of qtt_ray.progress
 BENCH_CONFIG = {
     "lora": 1, "lora_rank": 8, "lora_dropout": 0.0, "lr": 1e-4, "weight_decay": 0.0,
@@ -37,6 +40,9 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--precision", nargs="+", default=["auto"], choices=PRECISIONS,
+                        help="forward precision(s), each measured in this run (e.g. fp32 bf16 "
+                             "on a GPU, to compare them); default auto, as tune")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (after one warm-up)")
     parser.add_argument("--skip-startup", action="store_true",
                         help="do not time python -m qtt_ray.tune to its first epoch")
@@ -49,25 +55,34 @@ def run(args: argparse.Namespace) -> int:
     from qtt_ray.data import load_dataset
     from qtt_ray.model.build import resolve_spec
     from qtt_ray.model.throughput import measure_throughput
+    from qtt_ray.precision import PrecisionError, resolve_precision
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else args.device
     spec = resolve_spec(args.model, args.checkpoint, args.image_size, seed=0)
     dataset = load_dataset(args.data, args.num_images, seed=0)
-    result = measure_throughput(spec, BENCH_CONFIG, dataset, device, args.batch_size,
-                                epochs=args.epochs, warmup_epochs=1)
-    row: dict[str, Any] = {
-        "model": spec.name, "image_size": spec.image_size, "device": _device_name(device),
-        "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        **result.to_json(),
-        "ratio": result.finetuner_images_per_s / result.bare_images_per_s,
-    }
-    if not args.skip_startup:
-        row["first_epoch_s"] = time_to_first_epoch(args)
-    print(markdown(row))
+    try:
+        precisions = [resolve_precision(p, device) for p in dict.fromkeys(args.precision)]
+    except PrecisionError as error:
+        raise BenchError(f"--precision: {error}") from error
+    rows: list[dict[str, Any]] = []
+    for precision in dict.fromkeys(precisions):
+        result = measure_throughput(spec, BENCH_CONFIG, dataset, device, args.batch_size,
+                                    epochs=args.epochs, warmup_epochs=1, precision=precision)
+        rows.append({
+            "model": spec.name, "image_size": spec.image_size, "device": _device_name(device),
+            "threads": torch.get_num_threads(), "batch_size": args.batch_size,
+            "precision": precision, **result.to_json(),
+            "ratio": result.finetuner_images_per_s / result.bare_images_per_s,
+        })
+    if not args.skip_startup:  # tune's default precision
+        rows[0]["first_epoch_s"] = time_to_first_epoch(args)
+    print(markdown(rows))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "throughput.json").write_text(json.dumps(row, indent=2))
+        # one precision: the row itself, as before; several: a list
+        (args.out / "throughput.json").write_text(
+            json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
     return 0
 
 
@@ -96,17 +111,21 @@ def time_to_first_epoch(args: argparse.Namespace) -> float | None:
         return None
 
 
-def markdown(row: dict[str, Any]) -> str:
-    first = row.get("first_epoch_s")
+def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| model | size | device | threads | batch | images | Trainable img/s | bare img/s "
-        "| ratio | eval img/s | start → first epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {row['model']} | {row['image_size']} | {row['device']} | {row['threads']} "
-        f"| {row['batch_size']} | {row['images']} | {row['finetuner_images_per_s']:.1f} "
-        f"| {row['bare_images_per_s']:.1f} | {row['ratio']:.2f} | {row['eval_images_per_s']:.1f} "
-        f"| {'n/a' if first is None else f'{first:.1f} s'} |",
+        "| model | size | device | threads | batch | precision | images | Trainable img/s "
+        "| bare img/s | ratio | eval img/s | start → first epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    for row in rows:
+        first = row.get("first_epoch_s")
+        lines.append(
+            f"| {row['model']} | {row['image_size']} | {row['device']} | {row['threads']} "
+            f"| {row['batch_size']} | {row['precision']} | {row['images']} "
+            f"| {row['finetuner_images_per_s']:.1f} | {row['bare_images_per_s']:.1f} "
+            f"| {row['ratio']:.2f} | {row['eval_images_per_s']:.1f} "
+            f"| {'n/a' if first is None else f'{first:.1f} s'} |"
+        )
     return "\n".join(lines)
 
 

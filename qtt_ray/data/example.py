@@ -33,9 +33,9 @@ class Example:
 
     image: torch.Tensor  # (3, S, S) float32, normalised
     boxes: torch.Tensor  # (K, 4) float32 xyxy in S-pixel coordinates (K = classes present)
-    # (K, S, S) uint8 in {0, 1}, target per box: collate makes them float. Bytes, not float32,
-    # because a worker keeps its examples: 4x less memory (camvid, 10 classes per image at
-    # 1024 px: 5.4 -> 2.3 GB for 100 images)
+    # (K, S, S) uint8 in {0, 1}, target per box; PromptBatch.to makes them float on the
+    # device. Bytes, not float32, because a worker keeps its examples: 4x less memory (camvid,
+    # 10 classes per image at 1024 px: 5.4 -> 2.3 GB for 100 images)
     masks: torch.Tensor
     class_ids: torch.Tensor  # (K,) int64, 1..num_classes
 

@@ -29,8 +29,10 @@ def evaluate_model(
     examples: Sequence[Example],
     device: str | torch.device = "cpu",
     batch_size: int = 4,
+    precision: str = "fp32",
 ) -> dict[str, float]:
-    """``iou`` (dataset-level, mean over classes present), ``val_loss`` (mean per box), ``eval_s``.
+    """``iou`` (dataset-level, mean over classes present), ``val_loss`` (mean per box), ``eval_s``;
+    ``precision`` is the forward's, resolved ("fp32" or "bf16", see ``box_logits``).
 
     Leaves the model in eval mode.
     """
@@ -40,7 +42,7 @@ def evaluate_model(
     loss_sum, boxes = 0.0, 0
     for first in range(0, len(examples), max(1, batch_size)):
         batch = collate(examples[first : first + batch_size]).to(device)
-        logits = box_logits(model, batch.images, batch.boxes, batch.box_image)
+        logits = box_logits(model, batch.images, batch.boxes, batch.box_image, precision)
         loss_sum += float(bce_dice_per_mask(logits, batch.masks).sum())
         boxes += batch.num_boxes
         for image in range(batch.num_images):

@@ -16,10 +16,11 @@ best epoch's even when training went on past it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,13 @@ from qtt_ray.data.boxes import jitter_boxes
 from qtt_ray.model.adapter import export_adapter
 from qtt_ray.model.build import ModelSpec, build_model
 from qtt_ray.model.evaluate import evaluate_model, prompted_examples
-from qtt_ray.model.forward import box_logits, collate
+from qtt_ray.model.forward import PromptBatch, box_logits, collate
 from qtt_ray.model.lora import load_trainable_state, make_trainable, trainable_state
 from qtt_ray.model.losses import bce_dice
+from qtt_ray.model.prefetch import Prefetched
 from qtt_ray.model.schedulers import LRSchedule
 from qtt_ray.model.state_io import load_state, save_state
+from qtt_ray.precision import resolve_precision
 from qtt_ray.space import SAM2_SPACE, Config, config_key
 
 GRAD_CLIP = 1.0
@@ -100,15 +103,24 @@ class FineTuner:
         eval_examples: list[Example] | None = None,
         train_images: TrainingImages | None = None,
         base_copy: nn.Module | None = None,
+        precision: str = "fp32",
+        prefetch: bool | None = None,
     ) -> None:
         """``base_copy``: an untouched deep copy of ``base`` made ahead of time (it becomes
-        this trial's model), to skip the copy here."""
+        this trial's model), to skip the copy here. ``precision``: the forward's, "fp32",
+        "bf16" or "auto" (``precision.resolve_precision`` for ``device``); the training state
+        is the same in both, so a trial may resume in another. ``prefetch``: prepare the next
+        batch in a background thread while the device trains this one (``prefetch.py``; the
+        same batches either way); None: on a GPU only (on the CPU it would take cores from
+        the training itself)."""
         if not dataset.train:
             raise ValueError(f"dataset {dataset.name}: no training images")
         self.spec = spec
         self.config = clean_config(config)
         self.dataset = dataset
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         self.seed = int(seed)
         self.batch_size = max(1, int(batch_size))
         self.augment = AugmentSpec.from_config(self.config)
@@ -166,22 +178,22 @@ class FineTuner:
         self.model.train()
         loss_sum, boxes, images = 0.0, 0, 0
         order = self.rng.permutation(len(self.dataset.train))
-        with torch.random.fork_rng(devices=self._cuda_devices()):
+        batches = self._batches(order)
+        with torch.random.fork_rng(devices=self._cuda_devices()), (
+            Prefetched(batches) if self.prefetch else contextlib.nullcontext(batches)
+        ) as ready:
             self._set_torch_state(self._torch_state)
-            for first in range(0, len(order), self.batch_size):
-                chunk = order[first : first + self.batch_size]
-                examples = [self._train_example(int(i)) for i in chunk]
-                examples = [e for e in examples if e.num_boxes > 0]
-                if not examples:
+            for batch in ready:
+                if batch is None:
                     self.schedule.after_batch()  # the schedule's length never depends on data
                     continue
-                loss, n_boxes = self._train_step(examples)
+                loss, n_boxes = self._train_step(batch)
                 if loss is None:
                     self.diverged = True
                     break
                 loss_sum += loss * n_boxes
                 boxes += n_boxes
-                images += len(examples)
+                images += batch.num_images
             self._torch_state = self._get_torch_state()
         # the last batch's gradients would stay allocated while the trial evaluates, pauses or
         # sits parked on its actor; the next step sets them afresh
@@ -196,9 +208,19 @@ class FineTuner:
             "diverged": self.diverged,
         }
 
-    def _train_step(self, examples: list[Example]) -> tuple[float | None, int]:
-        batch = collate(examples).to(self.device)
-        logits = box_logits(self.model, batch.images, batch.boxes, batch.box_image)
+    def _batches(self, order: np.ndarray) -> Iterator[PromptBatch | None]:
+        """The epoch's batches in ``order``, collated on the CPU; None for a batch whose images
+        have no box. All of the epoch's augmentation and jitter draws happen here, in order."""
+        for first in range(0, len(order), self.batch_size):
+            chunk = order[first : first + self.batch_size]
+            examples = [self._train_example(int(i)) for i in chunk]
+            examples = [e for e in examples if e.num_boxes > 0]
+            yield collate(examples) if examples else None
+
+    def _train_step(self, collated: PromptBatch) -> tuple[float | None, int]:
+        batch = collated.to(self.device)
+        logits = box_logits(self.model, batch.images, batch.boxes, batch.box_image,
+                            self.precision)
         loss = bce_dice(logits, batch.masks)
         if not torch.isfinite(loss):
             return None, batch.num_boxes
@@ -226,7 +248,8 @@ class FineTuner:
     def evaluate(self) -> dict[str, float]:
         """``iou``, ``val_loss``, ``eval_s`` on the validation split; the first evaluation after
         an epoch also steps a ``plateau`` schedule with that epoch's validation loss."""
-        metrics = evaluate_model(self.model, self.eval_examples, self.device, self.batch_size)
+        metrics = evaluate_model(self.model, self.eval_examples, self.device, self.batch_size,
+                                 self.precision)
         if self.schedule.name == "plateau" and self._plateau_epoch < self.epoch:
             self.schedule.after_epoch(metrics["val_loss"])
             self._plateau_epoch = self.epoch
@@ -350,9 +373,12 @@ def zero_shot_iou(
     device: str = "cpu",
     base: nn.Module | None = None,
     batch_size: int = 4,
+    precision: str = "fp32",
 ) -> float:
-    """The untuned base model's validation IoU, by the same metric as every trial."""
+    """The untuned base model's validation IoU, by the same metric as every trial (at the
+    trials' ``precision``, so the two compare)."""
     model = base if base is not None else build_model(spec, device)
     model = model.to(device)
     examples = prompted_examples(dataset.val, spec.image_size)
-    return evaluate_model(model, examples, device, batch_size)["iou"]
+    return evaluate_model(model, examples, device, batch_size,
+                          resolve_precision(precision, device))["iou"]

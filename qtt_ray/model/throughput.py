@@ -49,11 +49,14 @@ def measure_throughput(
     warmup_epochs: int = 1,
     base: nn.Module | None = None,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> Throughput:
     """Time ``epochs`` epochs of each after ``warmup_epochs`` untimed ones (first calls per
-    tensor shape are slow on every backend)."""
+    tensor shape are slow on every backend); both loops run the forward at ``precision``."""
     base = base if base is not None else build_model(spec, device)
-    tuner = FineTuner(spec, config, dataset, device, seed, batch_size, base=base)
+    tuner = FineTuner(spec, config, dataset, device, seed, batch_size, base=base,
+                      precision=precision)
+    precision = tuner.precision  # "auto" resolved for the device
     for _ in range(warmup_epochs):
         tuner.train_epoch()
     start = time.perf_counter()
@@ -72,10 +75,10 @@ def measure_throughput(
     )
     model.train()
     for _ in range(warmup_epochs):
-        _bare_epoch(model, optimizer, batches, device)
+        _bare_epoch(model, optimizer, batches, device, precision)
     start = time.perf_counter()
     for _ in range(epochs):
-        _bare_epoch(model, optimizer, batches, device)
+        _bare_epoch(model, optimizer, batches, device, precision)
     bare_s = (time.perf_counter() - start) / max(1, epochs)
     bare_images = sum(batch.num_images for batch in batches)
     return Throughput(
@@ -103,11 +106,13 @@ def _prepared_batches(
 
 
 def _bare_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[PromptBatch], device: str
+    model: nn.Module, optimizer: torch.optim.Optimizer, batches: list[PromptBatch], device: str,
+    precision: str,
 ) -> None:
     for batch in batches:
         on_device = batch.to(device)
-        logits = box_logits(model, on_device.images, on_device.boxes, on_device.box_image)
+        logits = box_logits(model, on_device.images, on_device.boxes, on_device.box_image,
+                            precision)
         loss = bce_dice(logits, on_device.masks)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -27,6 +27,8 @@ from qtt_ray.data import DataError, load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.evaluate import prompted_examples
 from qtt_ray.model.finetune import FineTuner, TrainingImages, clean_config
+from qtt_ray.precision import resolve_precision
+from qtt_ray.preflight import out_of_memory_hint
 from qtt_ray.trainables.ahead import AheadOfTime
 from qtt_ray.trainables.checkpoints import load_with_fallback
 from qtt_ray.trainables.process import freeze_long_lived, in_ray_actor, process_metrics
@@ -62,16 +64,6 @@ def trial_device(asked: str, resolved: str, gpu_ids: list[Any]) -> str:
     if asked == "auto" and not gpu_ids:
         return "cpu"
     return resolved
-
-
-def out_of_memory_hint(error: BaseException, spec_name: str, image_size: int,
-                       batch_size: int) -> str:
-    """One line for a CUDA out-of-memory error: which options lower a trial's memory."""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return (f"CUDA out of memory training SAM2 {spec_name} at {image_size} px, batch "
-            f"{batch_size} ({first[:120]}); lower --batch-size, --image-size (512 has a quarter "
-            "of the pixels of 1024), take a smaller --model, or give each trial a whole GPU "
-            "(--gpus-per-trial 1)")
 
 
 GPU_FREE_SHARE = 0.25  # parked trials are dropped while less of the GPU's memory is free
@@ -112,6 +104,7 @@ class SAM2Trainable(tune.Trainable):
             gpu_ids = ray.get_gpu_ids()
             check_gpus_usable(gpu_ids, torch.cuda.is_available(), this_node())
             self.device = trial_device(settings.device, self.device, gpu_ids)
+        self.precision = resolve_precision(settings.precision, self.device)
         self.spec = settings.model_spec()
         try:
             self.dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
@@ -141,6 +134,7 @@ class SAM2Trainable(tune.Trainable):
             eval_examples=self.eval_examples,
             train_images=self.train_images,
             base_copy=self._ahead.take_spare(),
+            precision=self.precision,
         )
 
     def step(self) -> dict[str, Any]:
@@ -165,6 +159,7 @@ class SAM2Trainable(tune.Trainable):
             "step_started_unix": started_unix,
             "step_ended_unix": time.time(),
             "diverged": diverged,
+            "precision": self.tuner.precision,
             **self._take_actor_ops(),
             "lr": self.tuner.lr,
             "best_epoch": self.tuner.best_epoch,

@@ -31,6 +31,7 @@ class RunSettings:
     image_size: int | None = None  # None: 128 for micro, 1024 for official checkpoints
     batch_size: int = 4
     device: str = "auto"  # "auto": cuda when the actor sees a GPU, else cpu
+    precision: str = "auto"  # the forward's: "auto" (bf16 on GPUs that have it), fp32, bf16
     seed: int = 0  # base-model init (micro), LoRA init, shuffling, augmentation, box jitter
     threads: int | None = None  # torch CPU threads per actor; None: leave Ray's OMP setting
 
@@ -84,7 +85,8 @@ class RunSettings:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunSettings:
-        return cls(**data)
+        """A run.json from before ``precision`` existed trained in fp32: it resumes so."""
+        return cls(**{"precision": "fp32", **data})
 
 
 @dataclass(frozen=True)
