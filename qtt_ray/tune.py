@@ -39,7 +39,7 @@ from qtt_ray.cli import (  # noqa: E402
     run_cli,
     signals_stop_like_ctrl_c,
 )
-from qtt_ray.precision import PRECISIONS, resolve_precision  # noqa: E402
+from qtt_ray.precision import PRECISIONS, PrecisionError, resolve_precision  # noqa: E402
 from qtt_ray.ray_runtime import (  # noqa: E402
     DEFAULT_STORAGE,
     STORAGE_ENV,
@@ -495,7 +495,10 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         from qtt_ray.model.finetune import zero_shot_iou
 
         device = prep.settings.resolved_device()
-        precision = resolve_precision(prep.settings.precision, device)
+        try:
+            precision = resolve_precision(prep.settings.precision, device)
+        except PrecisionError as error:  # bf16 asked for on a GPU without it
+            raise CliError(f"--precision: {error}") from None
         print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device}, "
               f"{precision})", flush=True)
         base = build_model(prep.spec, device)
@@ -558,10 +561,10 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         results.shutdown_s = shutdown_s
         # "device" is the driver's (zero-shot, export); the trials ran where Ray put them
         results.extra["trial_device"] = trials_device(plan.request, prep.replay is not None)
-        if prep.replay is None:  # the zero-shot's and export's, and what the trials reported
+        if prep.replay is None:
+            # the zero-shot's and export's precision, and what the trials reported
             results.extra["precision"] = precision
             results.extra["trial_precision"] = ", ".join(sorted(recorder.precisions)) or None
-        if prep.replay is None:
             results.extra.update(export_best(recorder, results, prep, device, precision))
             draw_pictures(prep, results, device, None if base is None else base.to(device),
                           precision)

@@ -135,6 +135,7 @@ def test_collect_with_ray_is_resumable(ray_session, shared_dir, tmp_path, capsys
         details = run_details(run)
         assert len(details["train_s"]) == 2 and details["startup_s"] > 0
         assert details["checkpoint_bytes"] > 0 and details["checkpoint_save_s"] >= 0
+        assert details["precision"] == "fp32"  # "auto" as the CPU trial resolved it
     assert meta.meta_features["drive_retina_vessels"]["num_samples"] == 40.0
     expected = {pair_key(c) for c in planned_configs(2, 0)}
     assert {pair_key(r.config) for r in meta.runs_of("demo")} == expected

@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from qtt_ray.bench import BenchError, overhead, throughput
+from qtt_ray.bench import BenchError, memory, overhead, throughput
 from qtt_ray.bench.clock import ClockRules
 from qtt_ray.bench.methods import DEFAULT_METHODS, check_methods
 from qtt_ray.bench.replay import HORIZONS, Settings, run_benchmark, write_outputs
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "at each budget")
     throughput.add_parser(commands)
     overhead.add_parser(commands)
+    memory.add_parser(commands)
     return parser
 
 
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_cli("python -m qtt_ray.bench throughput", lambda: throughput.run(args))
     if args.command == "overhead":
         return run_cli("python -m qtt_ray.bench overhead", lambda: overhead.run(args))
+    if args.command == "memory":
+        return run_cli("python -m qtt_ray.bench memory", lambda: memory.run(args))
     return run_cli("python -m qtt_ray.bench replay", lambda: replay_main(args, argv))
 
 

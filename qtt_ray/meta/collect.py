@@ -220,6 +220,7 @@ def build_run(dataset: str, config: Config, results: Sequence[dict[str, Any]], s
         "checkpoint_load_s": last.get("checkpoint_load_s"),
         "checkpoint_bytes": last.get("checkpoint_bytes"),
         "node": last.get("hostname"),
+        "precision": last.get("precision"),  # "auto" resolved on the node (costs depend on it)
         "settings": settings,
     }
     provenance = {
