@@ -94,19 +94,54 @@ def _interrupt_instead(signum: int, frame: object) -> None:
 
 
 def probe_ray_head(address: str) -> None:
-    """A ``host:port`` where nothing answers is one line at once (``ray.init`` retries for
-    minutes); called before any slow start-up, and again when joining."""
+    """A ``host:port`` where nothing answers, or where something other than a Ray head
+    answers, is one line at once (``ray.init`` retries for minutes); called before any slow
+    start-up, and again when joining."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=PROBE_S).close()
+        connection = socket.create_connection((host, int(port)), timeout=PROBE_S)
     except OSError as err:
         raise CliError(
             f"--address {address}: nothing answers there ({err}); start the head with "
             "`ray start --head` (or `ray up cluster.yaml`) and pass its address, or drop "
             "--address to run locally"
         ) from err
+    with connection:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return  # a TLS head expects a handshake first: its port answers no plain HTTP/2
+        answer = http2_answer(connection)
+    if len(answer) < H2_FRAME_HEADER or answer[3] != H2_SETTINGS:
+        shown = answer[:24].decode("ascii", "replace").strip() or "nothing"
+        raise CliError(
+            f"--address {address}: that port does not answer like a Ray head (its GCS speaks "
+            f"gRPC; this one answered {shown!r}); pass the head's address as `ray start --head` "
+            "printed it (port 6379 by default), or drop --address to run locally"
+        )
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what every HTTP/2 client sends first
+H2_FRAME_HEADER = 9  # bytes: length (3), type (1), flags (1), stream (4)
+H2_SETTINGS = 0x04  # a server's first frame is SETTINGS (RFC 9113, 3.4)
+
+
+def http2_answer(connection: socket.socket) -> bytes:
+    """The first frame header a server sends after an HTTP/2 client's preface and empty
+    SETTINGS; a Ray head's GCS (gRPC) answers with its SETTINGS at once, an HTTP/1 server with
+    text, an SSH server with its banner, a silent one with nothing (until ``PROBE_S``)."""
+    empty_settings = bytes([0, 0, 0, H2_SETTINGS, 0, 0, 0, 0, 0])
+    received = b""
+    try:
+        connection.sendall(H2_PREFACE + empty_settings)
+        while len(received) < H2_FRAME_HEADER:
+            chunk = connection.recv(H2_FRAME_HEADER - len(received))
+            if not chunk:
+                break
+            received += chunk
+    except OSError:  # a reset or the timeout: what arrived is the answer
+        pass
+    return received
 
 
 def join_ray_cluster(address: str, **init_kwargs: object) -> None:

@@ -75,6 +75,7 @@ from qtt_ray.run_outputs import (  # noqa: E402
     summarise,
     write_artifacts,
 )
+from qtt_ray.worker_zero_shot import runs_on_a_worker  # noqa: E402
 
 PROG = TUNE_PROG
 PREDICTORS_DIR = Path(__file__).resolve().parent / "predictors"
@@ -417,6 +418,63 @@ def run_callback(tuner: Any, kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
+def local_zero_shot(args: argparse.Namespace, prep: Prepared, budget: float, device: str,
+                    precision: str) -> tuple[Any, float]:
+    """Zero-shot IoU on the driver's device, the budget and memory checks; returns the base
+    model (moved off the GPU for the trials) and the IoU."""
+    from qtt_ray.model.build import build_model
+    from qtt_ray.model.finetune import zero_shot_iou
+
+    print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device}, "
+          f"{precision})", flush=True)
+    base = build_model(prep.spec, device)
+    started = time.monotonic()
+    zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, base=base,
+                              batch_size=prep.settings.batch_size, precision=precision)
+    if prep.saved is None and not (args.address and device == "cpu"):
+        # on a cluster's CPU head the zero-shot time says nothing of the workers' GPUs
+        check_budget(budget, prep, time.monotonic() - started)
+    print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
+          flush=True)
+    check_memory(args, prep, base, device, precision)
+    return release_gpu(base), zero_shot
+
+
+def gpu_worker_zero_shot(args: argparse.Namespace, prep: Prepared, budget: float,
+                         request: dict[str, float]) -> tuple[float | None, str | None]:
+    """Zero-shot IoU and the memory check on one of the cluster's GPUs (``worker_zero_shot``),
+    with the budget checked against that GPU's time; (None, None) when Ray could not run the
+    task (the caller evaluates on the driver instead, as before)."""
+    from ray.exceptions import RayError
+
+    from qtt_ray.worker_zero_shot import zero_shot_on_worker
+
+    print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images on a GPU worker "
+          "(an autoscaling cluster starts one first)", flush=True)
+    try:
+        found = zero_shot_on_worker(prep.settings, request, trials_per_gpu(args.gpus_per_trial))
+    except RayError as error:
+        print(f"{PROG}: warning: the zero-shot task failed on the cluster ({one_line(error)[:160]}"
+              "); evaluating on this machine instead", file=sys.stderr)
+        return None, None
+    if found.error:
+        raise CliError(found.error)
+    if prep.saved is None:
+        check_budget(budget, prep, found.eval_s)
+    print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {found.iou:.3f} "
+          f"({found.where}, {found.precision})", flush=True)
+    if found.memory_line:
+        print(found.memory_line + (" (tight: the trials may run out of memory)"
+                                   if found.tight else ""), flush=True)
+    return found.iou, found.where
+
+
+def trials_per_gpu(gpus_per_trial: float | None) -> int:
+    """Trials sharing one GPU: 2 for ``--gpus-per-trial 0.5``."""
+    share = gpus_per_trial
+    return max(1, int(1.0 / share + 1e-9)) if share and share < 1 else 1
+
+
 def check_memory(args: argparse.Namespace, prep: Prepared, base: Any, device: str,
                  precision: str) -> None:
     """Trials that will train on this machine's GPU: one step of the hungriest configuration
@@ -427,7 +485,7 @@ def check_memory(args: argparse.Namespace, prep: Prepared, base: Any, device: st
         return  # on a cluster the trials' GPUs are elsewhere; CPU trials need no check
     from qtt_ray.preflight import TIGHT_SHARE, TrialDoesNotFit, check_trial_fits
 
-    per_gpu = max(1, int(1.0 / share + 1e-9)) if share and share < 1 else 1
+    per_gpu = trials_per_gpu(share)
     try:
         memory = check_trial_fits(prep.spec, prep.dataset, base, device,
                                   prep.settings.batch_size, precision, per_gpu)
@@ -490,30 +548,22 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
                                                                    args.max_failures))
 
     device, precision, base, zero_shot = "cpu", "fp32", None, None
+    zero_shot_where: str | None = None  # set when a GPU worker evaluated it
     if prep.replay is None:
-        from qtt_ray.model.build import build_model
-        from qtt_ray.model.finetune import zero_shot_iou
-
         device = prep.settings.resolved_device()
         try:
             precision = resolve_precision(prep.settings.precision, device)
         except PrecisionError as error:  # bf16 asked for on a GPU without it
             raise CliError(f"--precision: {error}") from None
-        print(f"zero-shot evaluation on {len(prep.dataset.val)} validation images ({device}, "
-              f"{precision})", flush=True)
-        base = build_model(prep.spec, device)
-        started = time.monotonic()
-        zero_shot = zero_shot_iou(prep.spec, prep.dataset, device, base=base,
-                                  batch_size=prep.settings.batch_size, precision=precision)
-        if prep.saved is None and not (args.address and device == "cpu"):
-            # on a cluster's CPU head the zero-shot time says nothing of the workers' GPUs
-            check_budget(budget, prep, time.monotonic() - started)
-        print(f"zero-shot IoU on {len(prep.dataset.val)} validation images: {zero_shot:.3f}",
-              flush=True)
-        check_memory(args, prep, base, device, precision)
-        base = release_gpu(base)
+        if not args.address:  # before Ray starts: a budget too short for an epoch fails fast
+            base, zero_shot = local_zero_shot(args, prep, budget, device, precision)
     start_ray(args.address)
     plan = plan_trials(args)
+    if prep.replay is None and args.address:  # on a cluster: where the trials will train
+        if runs_on_a_worker(args.address, device, plan.request):
+            zero_shot, zero_shot_where = gpu_worker_zero_shot(args, prep, budget, plan.request)
+        if zero_shot is None:
+            base, zero_shot = local_zero_shot(args, prep, budget, device, precision)
     warning = storage_warning(prep, cluster_hosts())
     if warning:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
@@ -565,6 +615,8 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
             # the zero-shot's and export's precision, and what the trials reported
             results.extra["precision"] = precision
             results.extra["trial_precision"] = ", ".join(sorted(recorder.precisions)) or None
+            if zero_shot_where is not None:
+                results.extra["zero_shot_on"] = zero_shot_where
             results.extra.update(export_best(recorder, results, prep, device, precision))
             draw_pictures(prep, results, device, None if base is None else base.to(device),
                           precision)

@@ -86,6 +86,8 @@ ADDRESS_SCRIPT = textwrap.dedent(
     import json, sys
     from ray.cluster_utils import Cluster
     from qtt_ray import tune as qtt_tune
+    if sys.argv[2:] == ["worker"]:  # as if the trials took GPUs: zero-shot on a worker
+        qtt_tune.runs_on_a_worker = lambda address, device, request: True
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     cluster.add_node(num_cpus=1)
     code = qtt_tune.main(["--address", cluster.address, "--model", "micro", "--budget", "15",
@@ -115,3 +117,22 @@ def test_tune_joins_a_running_cluster_with_address(tmp_path) -> None:
     assert run["slots"] == 2
     results = json.loads((output / "results.json").read_text())
     assert sum(t["epochs"] for t in results["trials"]) >= 2
+
+
+@pytest.mark.slow
+def test_on_a_cluster_the_zero_shot_runs_where_the_trials_run(tmp_path) -> None:
+    """A driver on a CPU head hands the zero-shot evaluation (and the memory check) to a Ray
+    task with a trial's resources; here the trials take CPUs, so the task is told to go anyway
+    (``runs_on_a_worker`` answers as for GPU trials) and runs on one of the cluster's nodes."""
+    output = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-c", ADDRESS_SCRIPT, str(output), "worker"],
+        cwd=REPO, capture_output=True, text=True, timeout=400,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    assert json.loads(lines[-1][len("RESULT "):])["code"] == 0
+    assert "on a GPU worker" in done.stdout
+    results = json.loads((output / "results.json").read_text())
+    assert results["extra"]["zero_shot_on"].startswith("cpu on node ")
+    assert 0.0 <= results["zero_shot_iou"] <= 1.0
