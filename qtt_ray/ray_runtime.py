@@ -37,6 +37,9 @@ def check_local_gpus(gpus_per_trial: float) -> None:
         )
 
 
+TUNER_STATE = "tuner.pkl"  # what Tuner.restore reads first (ray.tune.impl.tuner_internal)
+
+
 def check_storage(storage: str, experiment: str, source: str, fix: str,
                   resume: bool = False) -> None:
     """Storage Ray cannot use fails here in one line, before the model is built: Ray would
@@ -53,11 +56,16 @@ def check_storage(storage: str, experiment: str, source: str, fix: str,
         fs, path = storage_filesystem(storage)
         probe_storage(fs, path)
         found = fs.get_file_info(f"{path.rstrip('/')}/{experiment}").type
+        state = fs.get_file_info(f"{path.rstrip('/')}/{experiment}/{TUNER_STATE}").type
     except (OSError, ValueError) as err:
         raise CliError(f"{source}: Ray's storage {storage} cannot be used "
                        f"({one_line(err)[:160]}); {fix}") from err
     if resume and found != FileType.Directory:
         raise CliError(f"{source}: the Ray experiment {where} is gone; start a new run")
+    if resume and state != FileType.File:  # Tuner.restore would end in a traceback
+        raise CliError(f"{source}: the Ray experiment {where} holds no {TUNER_STATE} (the run "
+                       "stopped before Ray Tune saved its state, or the file was removed); "
+                       "nothing can be resumed: start a new run")
 
 
 def plan_trials(args: argparse.Namespace) -> Any:

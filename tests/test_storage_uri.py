@@ -118,6 +118,7 @@ def test_runs_with_the_same_output_name_get_their_own_experiment(replay_inputs, 
         prep.output.mkdir(parents=True)
         run_file.write_run_file(args, prep, 300.0, 1)
         (storage / prep.experiment).mkdir(parents=True, exist_ok=True)
+        (storage / prep.experiment / ray_runtime.TUNER_STATE).touch()  # as Tune leaves it
         names.append(prep.experiment)
     assert names[0] != names[1] and all(n.startswith("tune-exp1-") for n in names)
     parser = tune.build_parser()
@@ -205,3 +206,23 @@ def test_resume_of_a_file_uri_experiment_that_is_gone_fails_in_one_line(  # noqa
     assert code == 2
     assert err == [f"python -m qtt_ray.tune: error: --resume {prep.output}: the Ray experiment "
                    f"{storage.as_uri()}/{prep.experiment} is gone; start a new run"]
+
+
+def test_resume_of_an_experiment_without_tuner_state_fails_in_one_line(  # noqa: F811
+        replay_inputs, tmp_path, capsys) -> None:  # noqa: F811
+    """A run stopped after run.json but before Tune saved its state left an experiment folder
+    without tuner.pkl: Tuner.restore ended in a traceback after start-up."""
+    argv = replay_args(replay_inputs, tmp_path / "run", 0.0)
+    parser = tune.build_parser()
+    args = parser.parse_args(argv)
+    prep = tune.prepare(args, tune.given_options(parser, argv))
+    prep.output.mkdir(parents=True)
+    run_file.write_run_file(args, prep, 300.0, 1)
+    (Path(prep.storage) / prep.experiment).mkdir(parents=True)
+    code = tune.main(["--resume", str(prep.output), "--quiet"])
+    err = _error_line(capsys)
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"python -m qtt_ray.tune: error: --resume {prep.output}: the Ray "
+                             f"experiment {Path(prep.storage) / prep.experiment} holds no "
+                             "tuner.pkl")
+    assert err[0].endswith("nothing can be resumed: start a new run")

@@ -54,7 +54,9 @@ def _started_run(files: dict[str, Path], tmp_path: Path) -> tuple[Path, Path]:
     prep = tune.prepare(args, given)  # type: ignore[arg-type]
     prep.output.mkdir(parents=True)
     run_file.write_run_file(args, prep, 60.0, 1)  # type: ignore[arg-type]
-    (prep.output / ray_runtime.DEFAULT_STORAGE / prep.experiment).mkdir(parents=True)
+    experiment = prep.output / ray_runtime.DEFAULT_STORAGE / prep.experiment
+    experiment.mkdir(parents=True)
+    (experiment / ray_runtime.TUNER_STATE).touch()  # as Tune leaves it
     return prep.output, checkpoint
 
 
