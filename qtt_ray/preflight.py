@@ -36,16 +36,27 @@ class TrialDoesNotFit(RuntimeError):
 
 @dataclass(frozen=True)
 class StepMemory:
-    """Peak bytes allocated by one training step, and the GPU's total and name."""
+    """Peak bytes one training step added (the trial's model copy, activations, gradients,
+    AdamW state), what a trial's actor holds besides (its base model and the spare copy it
+    prepares for the next trial: ``SAM2Trainable``), and the GPU's total and name."""
 
     peak: int
+    actor_extra: int
     total: int
     gpu: str
+
+    @property
+    def per_trial(self) -> int:
+        return self.peak + self.actor_extra
+
+    def tight(self, trials_per_gpu: int = 1) -> bool:
+        return self.per_trial * trials_per_gpu > TIGHT_SHARE * self.total
 
     def line(self, trials_per_gpu: int = 1) -> str:
         share = f", x{trials_per_gpu} trials per GPU" if trials_per_gpu > 1 else ""
         return (f"one training step (largest LoRA rank, batch with the most objects): peak "
-                f"{self.peak / 2**30:.1f} GiB of {self.total / 2**30:.1f} GiB on {self.gpu}{share}")
+                f"{self.peak / 2**30:.1f} GiB + {self.actor_extra / 2**30:.1f} GiB of the "
+                f"actor's model copies, of {self.total / 2**30:.1f} GiB on {self.gpu}{share}")
 
 
 def hungriest_config() -> dict[str, Any]:
@@ -118,11 +129,14 @@ def check_trial_fits(spec: ModelSpec, dataset: SegDataset, base: nn.Module, devi
         torch.cuda.empty_cache()
     # a trial holds its own copy of the base, as this step did: only the driver's is left out
     peak = torch.cuda.max_memory_allocated(index) - before
-    memory = StepMemory(peak, torch.cuda.get_device_properties(index).total_memory,
+    weights = sum(t.numel() * t.element_size() for t in (*base.parameters(), *base.buffers()))
+    memory = StepMemory(peak, 2 * weights, torch.cuda.get_device_properties(index).total_memory,
                         torch.cuda.get_device_name(index))
-    if trials_per_gpu > 1 and peak * trials_per_gpu > memory.total:
-        raise TrialDoesNotFit(
-            f"{memory.line(trials_per_gpu)}: {trials_per_gpu} trials per GPU need "
-            f"{trials_per_gpu * peak / 2**30:.1f} GiB; use --gpus-per-trial 1, or lower "
-            "--batch-size or --image-size")
+    if memory.per_trial * trials_per_gpu > memory.total:
+        trials = f"{trials_per_gpu} trials per GPU need" if trials_per_gpu > 1 else "a trial needs"
+        fix = ("use --gpus-per-trial 1, or lower --batch-size or --image-size"
+               if trials_per_gpu > 1 else
+               "lower --batch-size or --image-size, or take a smaller --model")
+        raise TrialDoesNotFit(f"{memory.line(trials_per_gpu)}: {trials} "
+                              f"{trials_per_gpu * memory.per_trial / 2**30:.1f} GiB; {fix}")
     return memory

@@ -483,7 +483,7 @@ def check_memory(args: argparse.Namespace, prep: Prepared, base: Any, device: st
     share = args.gpus_per_trial
     if args.address or device != "cuda" or share == 0:
         return  # on a cluster the trials' GPUs are elsewhere; CPU trials need no check
-    from qtt_ray.preflight import TIGHT_SHARE, TrialDoesNotFit, check_trial_fits
+    from qtt_ray.preflight import TrialDoesNotFit, check_trial_fits
 
     per_gpu = trials_per_gpu(share)
     try:
@@ -492,9 +492,8 @@ def check_memory(args: argparse.Namespace, prep: Prepared, base: Any, device: st
     except TrialDoesNotFit as error:
         raise CliError(str(error)) from None
     if memory is not None:
-        tight = memory.peak * per_gpu > TIGHT_SHARE * memory.total
         print(memory.line(per_gpu) + (" (tight: the trials may run out of memory)"
-                                      if tight else ""), flush=True)
+                                      if memory.tight(per_gpu) else ""), flush=True)
 
 
 def release_gpu(model: Any) -> Any:

@@ -40,7 +40,7 @@ def zero_shot_here(settings: RunSettings, trials_per_gpu: int = 1) -> WorkerZero
     from qtt_ray.model.build import ModelError, build_model
     from qtt_ray.model.finetune import zero_shot_iou
     from qtt_ray.precision import PrecisionError, resolve_precision
-    from qtt_ray.preflight import TIGHT_SHARE, TrialDoesNotFit, check_trial_fits
+    from qtt_ray.preflight import TrialDoesNotFit, check_trial_fits
     from qtt_ray.trainables.sam2_trainable import this_node
 
     node = this_node()
@@ -60,7 +60,7 @@ def zero_shot_here(settings: RunSettings, trials_per_gpu: int = 1) -> WorkerZero
         text = str(error).splitlines()[0] if str(error) else type(error).__name__
         return WorkerZeroShot(error=f"on node {node}: {text}")
     gpu = f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""
-    tight = memory is not None and memory.peak * trials_per_gpu > TIGHT_SHARE * memory.total
+    tight = memory is not None and memory.tight(trials_per_gpu)
     return WorkerZeroShot(iou=iou, eval_s=eval_s, where=f"{device}{gpu} on node {node}",
                           precision=precision,
                           memory_line=None if memory is None else memory.line(trials_per_gpu),

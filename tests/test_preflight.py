@@ -117,8 +117,17 @@ def test_the_peak_of_the_step_is_reported_without_the_drivers_model(spec, base, 
     FakeGpu(monkeypatch, total=24 * GIB, step=9 * GIB)
     memory = check_trial_fits(spec, tiny_dataset(), base, "cuda", 4, "fp32")
     assert memory is not None and memory.peak == 9 * GIB and memory.total == 24 * GIB
+    weights = sum(t.numel() * t.element_size() for t in (*base.parameters(), *base.buffers()))
+    assert memory.actor_extra == 2 * weights  # the actor's base and its spare copy
     assert memory.line() == ("one training step (largest LoRA rank, batch with the most "
-                             "objects): peak 9.0 GiB of 24.0 GiB on NVIDIA A10G")
+                             "objects): peak 9.0 GiB + 0.0 GiB of the actor's model copies, of "
+                             "24.0 GiB on NVIDIA A10G")
+
+
+def test_a_step_that_fits_only_without_the_actors_copies_does_not(spec, base, monkeypatch):
+    FakeGpu(monkeypatch, total=24 * GIB, step=24 * GIB - 1024)
+    with pytest.raises(TrialDoesNotFit, match=r"a trial needs 24.0 GiB; lower --batch-size"):
+        check_trial_fits(spec, tiny_dataset(), base, "cuda", 4, "bf16")
 
 
 def test_trials_sharing_a_gpu_must_fit_side_by_side(spec, base, monkeypatch):
@@ -160,7 +169,7 @@ def test_tune_prints_the_peak_and_warns_when_it_is_tight(spec, base, monkeypatch
                               settings=RunSettings(batch_size=4))
     FakeGpu(monkeypatch, total=24 * GIB, step=9 * GIB)
     tune.check_memory(tune_args(), prep, base, "cuda", "bf16")
-    assert capsys.readouterr().out.strip().endswith("peak 9.0 GiB of 24.0 GiB on NVIDIA A10G")
+    assert capsys.readouterr().out.strip().endswith("of 24.0 GiB on NVIDIA A10G")
     FakeGpu(monkeypatch, total=24 * GIB, step=22 * GIB)
     tune.check_memory(tune_args(), prep, base, "cuda", "bf16")
     assert "(tight: the trials may run out of memory)" in capsys.readouterr().out
