@@ -650,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the model runs: auto (default) takes a CUDA GPU if visible")
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="the forward's: auto (default) = bf16 autocast on GPUs with native "
-                             "bf16, fp32 elsewhere (as tuning's trials)")
+                             "bf16, fp32 elsewhere (as tuning's trials); bf16, fp16 or fp32")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per forward pass (default {DEFAULT_BATCH_SIZE}, tuning's "
                              "validation batches, so its IoU is reproduced exactly); lower it if "

@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="the model's forward: auto (default) = bf16 autocast on GPUs with "
                         "native bf16 (A100, A10G, L4, H100, RTX 30xx/40xx), as SAM2's own "
-                        "fine-tuning; fp32 elsewhere (CPU, T4, V100)")
+                        "fine-tuning; fp32 elsewhere (CPU, T4, V100); fp16 = fp16 autocast with "
+                        "loss scaling, for T4 / V100 (experimental: not measured on a GPU)")
     p.add_argument("--gpus-per-trial", type=float, default=None)
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="trials running at once (default: number of GPUs, 1 on CPU)")

@@ -107,7 +107,7 @@ def test_command_writes_memory_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (["--precisions", "fp16"], "--precisions fp16: give fp32 and/or bf16"),
+    (["--precisions", "fp8"], "--precisions fp8: give fp32, bf16 and/or fp16"),
     (["--batch-sizes", "0"], "--batch-sizes 0: must be >= 1"),
     (["--image-sizes", "100"], "--image-sizes 100: use a positive multiple of 32"),
     (["--models", "huge"], "--model 'huge' is unknown"),

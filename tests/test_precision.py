@@ -45,8 +45,8 @@ def test_auto_is_fp32_on_the_cpu_and_explicit_names_are_kept():
 
 
 def test_an_unknown_name_is_refused_in_one_line():
-    with pytest.raises(PrecisionError, match="'fp16' is not one of auto, fp32, bf16"):
-        resolve_precision("fp16", "cpu")
+    with pytest.raises(PrecisionError, match="'fp8' is not one of auto, fp32, bf16, fp16"):
+        resolve_precision("fp8", "cpu")
 
 
 def fake_gpu(monkeypatch, capability: tuple[int, int], name: str) -> None:
@@ -151,3 +151,51 @@ def test_runs_from_before_precision_existed_resume_in_fp32():
     del saved["precision"]  # a run.json written by an older version
     assert RunSettings.from_json(saved).precision == "fp32"
     assert RunSettings.from_json({**saved, "precision": "bf16"}).precision == "bf16"
+
+
+# -- fp16 (opt-in, with loss scaling) --------------------------------------------------------
+def test_fp16_is_opt_in_and_allowed_on_older_gpus(monkeypatch):
+    assert resolve_precision("fp16", "cpu") == "fp16"
+    fake_gpu(monkeypatch, (7, 5), "Tesla T4")
+    assert resolve_precision("fp16", "cuda") == "fp16"
+    assert resolve_precision("auto", "cuda") == "fp32"  # never chosen for the user
+
+
+def test_an_fp16_trial_scales_its_loss_and_resumes_exactly(spec, base, data, tmp_path):
+    """The scaler's state (scale, growth tracker) is part of the training state: a paused and
+    resumed fp16 trial trains the next epoch as an uninterrupted one does."""
+    straight = FineTuner(spec, CONFIG, data, base=base, batch_size=2, precision="fp16")
+    assert straight.scaler is not None
+    assert FineTuner(spec, CONFIG, data, base=base, precision="bf16").scaler is None
+    first = straight.train_epoch()
+    assert not first["diverged"] and np.isfinite(first["loss"])
+    straight.save(tmp_path / "after1")
+    straight.train_epoch()
+
+    resumed = FineTuner(spec, CONFIG, data, base=base, batch_size=2, precision="fp16")
+    resumed.load(tmp_path / "after1")
+    assert resumed.scaler.state_dict() == straight_state_after(tmp_path / "after1")
+    resumed.train_epoch()
+    assert resumed.scaler.get_scale() == straight.scaler.get_scale()
+    for name, value in trainable_state(resumed.model).items():
+        assert torch.equal(value, trainable_state(straight.model)[name]), name
+
+
+def straight_state_after(folder) -> dict:
+    from qtt_ray.model.state_io import load_state
+
+    return load_state(folder)["grad_scaler"]
+
+
+def test_overflowing_fp16_gradients_skip_the_step_not_the_trial(spec, base, data):
+    """A scale too large overflows fp16's gradients: the scaler skips those steps and halves
+    its scale; that is no divergence (only a non-finite loss is)."""
+    tuner = FineTuner(spec, CONFIG, data, base=base, batch_size=2, precision="fp16")
+    tuner.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)
+    before = trainable_state(tuner.model)
+    result = tuner.train_epoch()
+    assert not result["diverged"] and np.isfinite(result["loss"])
+    assert tuner.scaler.get_scale() < 2.0**60  # lowered after the overflow
+    after = trainable_state(tuner.model)
+    assert all(torch.isfinite(value).all() for value in after.values())
+    assert all(torch.equal(before[name], after[name]) for name in before)  # every step skipped

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from qtt_ray.bench import BenchError
+from qtt_ray.precision import RESOLVED
 
 DEFAULT_MODELS = ["micro", "tiny", "small", "base-plus", "large"]
 CAPACITIES_GB = (24, 40, 80)  # decimal GB as sold: an A10G's "24 GB" shows ~22.5 GiB to CUDA
 MARGIN_BYTES = 1 << 30  # CUDA context + cuBLAS/cuDNN workspaces, ~0.5-1 GiB
 GIB = 1 << 30
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16")  # the default; fp16 (qtt_ray.precision.RESOLVED) on request
 PART_NAMES = {
     "encoder_trunk": "encoder trunk", "encoder_neck": "encoder neck",
     "mask_decoder": "mask decoder", "prompt_encoder": "prompt encoder",
@@ -52,7 +53,7 @@ def add_parser(commands: Any) -> None:
                         help="default: 1024, and 128 for micro")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4], metavar="B")
     parser.add_argument("--precisions", nargs="+", default=list(PRECISIONS),
-                        help="fp32 and/or bf16 (autocast); default: fp32 bf16")
+                        help="fp32, bf16 and/or fp16 (autocast); default: fp32 bf16")
     parser.add_argument("--boxes-per-image", type=int, default=1,
                         help="box prompts per image (one per class present; the mask decoder's "
                              "share grows with them); default: 1, as in binary data")
@@ -128,9 +129,10 @@ def check_args(args: argparse.Namespace) -> tuple[Any, dict[str, str], list[str]
             raise BenchError(f"--lora {lora}: give 1 (LoRA + mask decoder) or 0 (decoder only)")
     precisions = list(dict.fromkeys(args.precisions))
     for precision in precisions:
-        if precision not in PRECISIONS:
-            raise BenchError(f"--precisions {precision}: give fp32 and/or bf16 (auto is not a "
-                             "precision: it picks bf16 on GPUs of compute capability >= 8.0)")
+        if precision not in RESOLVED:
+            raise BenchError(f"--precisions {precision}: give fp32, bf16 and/or fp16 (auto is "
+                             "not a precision: it picks bf16 on GPUs of compute capability "
+                             ">= 8.0)")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:

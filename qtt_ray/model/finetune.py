@@ -20,6 +20,7 @@ import contextlib
 import copy
 import math
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from qtt_ray.model.losses import bce_dice
 from qtt_ray.model.prefetch import Prefetched
 from qtt_ray.model.schedulers import LRSchedule
 from qtt_ray.model.state_io import load_state, save_state
-from qtt_ray.precision import resolve_precision
+from qtt_ray.precision import needs_loss_scaling, resolve_precision
 from qtt_ray.space import SAM2_SPACE, Config, config_key
 
 GRAD_CLIP = 1.0
@@ -144,6 +145,9 @@ class FineTuner:
             lr=float(self.config["lr"]),
             weight_decay=float(self.config["weight_decay"]),
         )
+        # fp16 only: gradients scaled against underflow, the step skipped when they overflowed
+        self.scaler = (torch.amp.GradScaler(self.device.type)
+                       if needs_loss_scaling(self.precision) else None)
         self.steps_per_epoch = math.ceil(len(dataset.train) / self.batch_size)
         self.schedule = LRSchedule(self.optimizer, self.config, self.steps_per_epoch)
         self._plateau_epoch = 0  # last epoch whose validation loss stepped a plateau schedule
@@ -225,6 +229,8 @@ class FineTuner:
         if not torch.isfinite(loss):
             return None, batch.num_boxes
         self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            return self._scaled_step(loss), batch.num_boxes
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
         if not torch.isfinite(norm):
@@ -233,6 +239,21 @@ class FineTuner:
         self.optimizer.step()
         self.schedule.after_batch()
         return float(loss.detach()), batch.num_boxes
+
+    def _scaled_step(self, loss: torch.Tensor) -> float:
+        """fp16's step: an overflow in the scaled gradients is the scale's fault, not a
+        divergence; the scaler skips that step and lowers its scale (only a non-finite loss,
+        checked before, ends the trial)."""
+        assert self.scaler is not None
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        with warnings.catch_warnings():  # torch warns once when a skipped step came first
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+            self.schedule.after_batch()
+        return float(loss.detach())
 
     def _train_example(self, index: int) -> Example:
         if self.augment.enabled:
@@ -281,6 +302,7 @@ class FineTuner:
             "trainable": trainable_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.schedule.state_dict(),
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": self._torch_state,
             "best_epoch": self.best_epoch,
@@ -299,6 +321,8 @@ class FineTuner:
         load_trainable_state(self.model, state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("grad_scaler"):  # else: a fresh scale
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.epoch = int(state["epoch"])
         self.diverged = bool(state["diverged"])
         self._plateau_epoch = int(state["plateau_epoch"])
