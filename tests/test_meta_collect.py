@@ -21,6 +21,7 @@ from qtt_ray.meta.__main__ import main
 from qtt_ray.meta.collect import (
     DATASET_KEY,
     build_run,
+    epoch_notes,
     pair_key,
     plan_collection,
     planned_configs,
@@ -95,11 +96,25 @@ def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path, capsys) -> None
     ("configs", ["--configs 0", "at least 1 configuration"]),
     ("same-name", ["--data", "both named 'demo'", "rename one"]),
     ("no-folder", ["none does not exist", "images/<stem>", "or use 'demo'"]),
+    # tracebacks (numpy's seeding, Ray's storage) or silently other resources than asked
+    ("seed", ["--seed -1", "seeds are integers >= 0"]),
+    ("data-seed", ["--data-seed -2", "seeds are integers >= 0"]),
+    ("cpus", ["--cpus-per-trial 0", "must be 1 or more"]),
+    ("gpus", ["--gpus-per-trial -1", "must be 0 (CPU) or more"]),
+    ("storage", ["--storage", "a-file is a file, not a folder", "pass a folder or bucket"]),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, case: str,
                                          needles: list[str]) -> None:
     out = str(tmp_path / "m.parquet")
+    (tmp_path / "a-file").write_text("x")
+    small = ["collect", "--data", "demo", "--configs", "1", "--epochs", "1", "--model", "micro",
+             "--image-size", "64", "--num-images", "10", "--out", out]
     argv = {
+        "seed": [*small, "--seed", "-1"],
+        "data-seed": [*small, "--data-seed", "-2"],
+        "cpus": [*small, "--cpus-per-trial", "0"],
+        "gpus": [*small, "--gpus-per-trial", "-1"],
+        "storage": [*small, "--storage", str(tmp_path / "a-file")],
         "epochs": ["collect", "--data", "demo", "--configs", "2", "--epochs", "11", "--out", out],
         "configs": ["collect", "--data", "demo", "--configs", "0", "--out", out],
         "same-name": ["collect", "--data", "demo", "demo", "--configs", "2", "--out", out],
@@ -248,3 +263,17 @@ def test_an_address_where_no_ray_head_answers_is_one_line_not_minutes_of_retries
                                        "--address to run locally"):
         join_ray_cluster("127.0.0.1:9")
     assert time.monotonic() - started < 10
+
+
+def test_a_rerun_with_other_epochs_says_the_recorded_curves_stay(tmp_path) -> None:
+    """``collect --epochs 2`` (the smoke test) then ``--epochs 10`` into the same file skipped
+    the recorded pairs as done without a word: their curves stay 2 epochs long."""
+    out = tmp_path / "meta.parquet"
+    plans = plan_collection(["demo"], 2, 0, out, num_images=12, data_seed=0)
+    run = build_run("demo", plans[0].configs[0], epoch_results(2), "demo", SETTINGS)
+    append_runs(out, MetaDataset(SAM2_SPACE, [run], {"demo": plans[0].meta_features}, "iou",
+                                 MAX_EPOCHS))
+    assert epoch_notes(out, ["demo"], 2) == [] and epoch_notes(tmp_path / "new.pq", ["x"], 3) == []
+    assert epoch_notes(out, ["demo", "other"], 10) == [
+        "note: meta.parquet holds runs of demo with 2 epochs, kept as recorded (a pair is "
+        "collected once); new ones get 10: use another --out for curves of one length"]

@@ -149,6 +149,9 @@ def set_field(text: str, column: str, value: str) -> str:
     (lambda t: set_field(t, "cost", "-1"), "row 2: cost '-1' is not a positive"),
     (lambda t: set_field(t, "epoch_2_iou", "7.5"), "row 2: IoU 7.5 is outside 0..1"),
     (lambda t: set_field(t, "lr", "nan"), "row 2: lr=nan"),
+    # cut off after the header, or emptied: it blamed a missing column the header has
+    (lambda t: t.splitlines()[0] + "\n", "holds a header but no runs"),
+    (lambda t: "", "the file is empty"),
 ])
 def test_a_damaged_qttseg_csv_is_a_one_line_error(shared_dir: Path, tmp_path: Path, edit,
                                                   message: str) -> None:

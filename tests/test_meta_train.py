@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from plain_user import run_as_a_plain_user
 
 from qtt_ray.core import Predictors, QuickTunePolicy
+from qtt_ray.file_modes import process_umask
 from qtt_ray.meta.__main__ import main
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.meta.schema import read_meta, write_meta
@@ -23,6 +26,7 @@ from qtt_ray.meta.train import (
     load_meta_sources,
     provenance_warning,
     random_forest_reference,
+    save_artefact,
     setup_mismatch,
     source_record,
 )
@@ -295,3 +299,75 @@ def test_a_run_outside_the_predictors_set_ups_is_warned(artefact) -> None:
     assert setup_mismatch(tiny, "facebook/sam2.1-hiera-tiny", 1024) is None
     assert "this run is micro at 128 px" in (predictors_setup_warning(
         shipped, resolve_spec("micro", image_size=128)) or "")
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_training(curves_file, tmp_path,
+                                                                    capsys) -> None:
+    """They were tracebacks after the meta-training (and --report's after the artefact was
+    written): the training was lost."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    base = ["train", "--meta", str(curves_file)]
+    cases = {
+        ("--out", str(blocker)): "is a file; pass a folder",
+        ("--out", str(blocker / "sub")): f"{blocker} is a file, not a folder",
+        ("--loo", "--report", str(tmp_path / "no" / "r.json")): "does not exist",
+        ("--loo", "--report", str(tmp_path)): "is a folder",
+        ("--out", str(tmp_path / "p"), "--max-seconds", "0"): "--max-seconds 0: give a positive",
+        ("--out", str(tmp_path / "p"), "--seed", "-1"): "--seed -1: seeds are integers >= 0",
+    }
+    for options, needle in cases.items():
+        assert main([*base, *options]) == 2
+        captured = capsys.readouterr()
+        assert needle in captured.err and "\n" not in captured.err.strip(), captured.err
+        assert "training on" not in captured.out and "meta-data:" not in captured.out
+    assert not (tmp_path / "p").exists()
+    # a folder without write permission, for root too (a child without its power over modes)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    code = "import sys\nfrom qtt_ray.meta.__main__ import main\nsys.exit(main(sys.argv[1:]))"
+    done = run_as_a_plain_user(code, *base, "--out", str(locked / "p"))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (f"python -m qtt_ray.meta train: error: --out {locked / 'p'}: "
+                                   f"cannot write in {locked}; pass a folder you can write")
+
+
+def test_datasets_too_small_to_report_on_are_refused_before_training(tmp_path, capsys) -> None:
+    """``collect --configs 2`` (the documented smoke test) gives 2 runs per dataset; --holdout
+    of one, or --loo, trained first and then failed in the report with a line naming neither
+    option: the predictors were not written."""
+    meta = synthetic_curves(4)
+    meta.runs = [r for r in meta.runs if r.dataset != "beta" or r.run_id < "beta-002"]
+    path = write_meta(meta, tmp_path / "small.parquet")
+    out = tmp_path / "p"
+    assert main(["train", "--meta", str(path), "--out", str(out), "--holdout", "beta"]) == 2
+    captured = capsys.readouterr()
+    assert "error: --holdout beta: 2 runs, but the quality report needs at least 3" in (
+        captured.err)
+    assert "training on" not in captured.out
+    assert main(["train", "--meta", str(path), "--out", str(out), "--loo"]) == 2
+    captured = capsys.readouterr()
+    assert "error: --loo: datasets with fewer than 3 runs cannot be reported on: beta (2)" in (
+        captured.err)
+    assert "training on" not in captured.out and not out.exists()
+
+
+def test_a_failed_save_keeps_the_previous_predictors_and_files_are_team_readable(
+        artefact, tmp_path) -> None:
+    """Predictors.save wrote into the folder file by file, and the card after it: a failure
+    left new weights beside an old card (or a half set). safetensors also wrote 0600."""
+    out, _ = artefact
+    folder = tmp_path / "predictors"
+    shutil.copytree(out, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    predictors = Predictors.load(folder)
+    with pytest.raises(TypeError):
+        save_artefact(folder, predictors, {"not json": object()})
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictors"]  # no scratch left
+    save_artefact(folder, predictors, {"card": 1})
+    assert json.loads((folder / MODEL_CARD).read_text()) == {"card": 1}
+    wanted = 0o666 & ~process_umask()
+    assert {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()} == {
+        name: wanted for name in before}
+    Predictors.load(folder, space=SAM2_SPACE)

@@ -1,8 +1,10 @@
-"""Command line: ``python -m qtt_ray.bench replay | throughput | overhead`` (docs/benchmarks.md)."""
+"""Command line: ``python -m qtt_ray.bench replay | throughput | overhead | memory``
+(docs/benchmarks.md)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -12,6 +14,7 @@ from qtt_ray.bench.clock import ClockRules
 from qtt_ray.bench.methods import DEFAULT_METHODS, check_methods
 from qtt_ray.bench.replay import HORIZONS, Settings, run_benchmark, write_outputs
 from qtt_ray.cli import run_cli
+from qtt_ray.meta.dataset import MetaDataset
 from qtt_ray.meta.importers import combine, load_meta_source
 
 
@@ -121,16 +124,53 @@ def replay_main(args: argparse.Namespace, argv: list[str]) -> int:
     from qtt_ray.bench.replay import markdown
 
     settings = settings_from(args)
-    train = combine([load_meta_source(s) for s in args.train_meta], "--train-meta",
-                    args.train_meta)
-    test = (combine([load_meta_source(s) for s in args.test_meta], "--test-meta", args.test_meta)
-            if args.test_meta else None)
+    check_folder(args.out, "--out")  # before the replay, whose results a failed write would lose
+    if settings.cache_dir is not None:
+        check_folder(settings.cache_dir, "--cache-dir")
+    train, test = load_sources(args.train_meta, args.test_meta)
     records = run_benchmark(train, test, settings)
     command = "python -m qtt_ray.bench " + shlex.join(argv)
     summary = write_outputs(records, settings, args.out, command)
     print(markdown(summary, settings))
     print(f"wrote {args.out}/results.json, results.md, episodes.json, regret_over_time.png")
     return 0
+
+
+def load_sources(train_specs: list[str],
+                 test_specs: list[str] | None) -> tuple[MetaDataset, MetaDataset | None]:
+    """The training and test meta-data, restricted to the meta-features every source has (as
+    ``meta train`` does): a user's collection records more than the QTT-SEG CSV, and a method
+    meta-trained on features a test dataset lacks could not describe it."""
+    from qtt_ray.meta.train import keep_common_meta_features
+
+    specs = [*train_specs, *(test_specs or [])]
+    metas = [load_meta_source(spec) for spec in specs]
+    keep_common_meta_features(metas, specs, log=note_left_out)
+    train = combine(metas[:len(train_specs)], "--train-meta", train_specs)
+    test = (combine(metas[len(train_specs):], "--test-meta", test_specs) if test_specs
+            else None)
+    return train, test
+
+
+def note_left_out(line: str) -> None:
+    """Of ``keep_common_meta_features``' lines only the features left out (stdout is the
+    results table; the rest concerns predictors that ``tune`` would load)."""
+    if line.startswith("note:"):
+        print(line, file=sys.stderr)
+
+
+def check_folder(folder: Path, option: str) -> None:
+    """Create ``folder`` now, or fail in one line: after the replay a failed write would lose
+    its results."""
+    if folder.exists() and not folder.is_dir():
+        raise BenchError(f"{option} {folder}: is a file; pass a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"{option} {folder}: cannot create that folder ({err.strerror}); pass "
+                         "another path") from err
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise BenchError(f"{option} {folder}: cannot write there; pass a folder you can write")
 
 
 if __name__ == "__main__":

@@ -48,13 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--checkpoint", default=None, help="local SAM2 checkpoint file")
     collect.add_argument("--image-size", type=int, default=None,
                          help="model input size (default 1024 official, 128 micro)")
-    collect.add_argument("--batch-size", type=int, default=4)
+    collect.add_argument("--batch-size", type=int, default=4,
+                         help="images per training step (default 4)")
     collect.add_argument("--num-images", type=int, default=100,
                          help="images subsampled per dataset (80/20 train/val)")
     collect.add_argument("--data-seed", type=int, default=0, help="seed of the subsample")
     collect.add_argument("--gpus-per-trial", type=float, default=None,
                          help="GPUs per trial (default 1 when CUDA is available; 0 forces CPU)")
-    collect.add_argument("--cpus-per-trial", type=int, default=None)
+    collect.add_argument("--cpus-per-trial", type=int, default=None,
+                         help="CPUs per trial (default: 1 on GPU trials, else every core of "
+                              "the smallest node)")
     collect.add_argument("--address", default=None,
                          help="Ray cluster to join, e.g. 'auto' (default: start Ray locally)")
     collect.add_argument("--storage", default=None,
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="datasets kept out of training and reported on")
     train.add_argument("--loo", action="store_true",
                        help="also run leave-one-dataset-out over all datasets (quality report)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0,
+                       help="seed of the meta-training (default 0)")
     train.add_argument("--loo-seeds", type=int, default=1, metavar="K",
                        help="repeat --loo with meta-training seeds SEED..SEED+K-1 and report "
                             "the mean per dataset (one seed can be a lucky draw; default 1)")
@@ -83,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     describe = commands.add_parser("describe", help="print a dataset's meta-features")
     describe.add_argument("--data", required=True, metavar="DIR",
                           help="dataset folder or 'demo' / 'demo-multiclass'")
-    describe.add_argument("--num-images", type=int, default=100)
+    describe.add_argument("--num-images", type=int, default=100,
+                          help="images subsampled, as collect's and tune's --num-images "
+                               "(default 100)")
     describe.add_argument("--data-seed", "--seed", dest="seed", type=int, default=0,
                           help="seed of the subsample (as collect's --data-seed)")
     describe.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -95,6 +101,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
     from qtt_ray.meta.collect import collect
 
+    check_seeds(("--seed", args.seed), ("--data-seed", args.data_seed))
     started = False
     if args.address is not None and not ray.is_initialized():
         join_ray_cluster(args.address, logging_level=logging.ERROR)
@@ -126,9 +133,20 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise CliError("train: give --out DIR (write predictors) and/or --loo (report)")
     if args.loo_seeds < 1:
         raise CliError(f"train: --loo-seeds {args.loo_seeds}: give 1 or more seeds")
+    check_seeds(("--seed", args.seed))
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise CliError(f"train: --max-seconds {args.max_seconds:g}: give a positive number of "
+                       "seconds, or leave it out (early stopping only)")
+    # checked before the (long) meta-training, which a failed write at the end would lose
+    if args.out is not None:
+        train.check_artefact_folder(args.out)
+    if args.report is not None:
+        train.check_report_file(args.report)
     meta = train.load_meta_sources(args.meta)
     print(f"meta-data: {len(meta.runs)} runs over {len(meta.datasets)} datasets "
           f"({', '.join(meta.datasets)})")
+    if args.loo:
+        train.check_loo(meta)  # before --out's training, which a failed fold would lose
     report: dict[str, object] = {}
     predictors: Predictors | None = None
     holdout_reports: list[HoldoutReport] = []
@@ -168,9 +186,17 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def run_describe(args: argparse.Namespace) -> int:
     from qtt_ray.meta.describe import describe_dataset, format_description
 
+    check_seeds(("--data-seed", args.seed))
     description = describe_dataset(args.data, args.num_images, args.seed)
     print(description.to_json() if args.json else format_description(description))
     return 0
+
+
+def check_seeds(*options: tuple[str, int]) -> None:
+    """NumPy refuses negative seeds with a traceback deep in the sampling."""
+    for option, value in options:
+        if value < 0:
+            raise CliError(f"{option} {value}: seeds are integers >= 0")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

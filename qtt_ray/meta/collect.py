@@ -45,7 +45,7 @@ from qtt_ray.cli import CliError, signals_stop_like_ctrl_c
 from qtt_ray.data import load_dataset
 from qtt_ray.meta.dataset import MetaDataset, Run
 from qtt_ray.meta.schema import MetaSchemaError, append_runs, read_meta
-from qtt_ray.ray_runtime import quiet_ray_logs
+from qtt_ray.ray_runtime import check_storage, quiet_ray_logs
 from qtt_ray.space import MAX_EPOCHS, SAM2_SPACE, Config, SearchSpace, config_key
 
 DATASET_KEY = "_dataset"
@@ -196,10 +196,39 @@ def plan_collection(
     return plans
 
 
+def epoch_notes(out: Path, datasets: Sequence[str], epochs: int) -> list[str]:
+    """A note per dataset whose recorded curves have another length than ``--epochs``: those
+    pairs are skipped as done, so a rerun with more epochs (after a smoke test) would
+    otherwise leave them short without a word."""
+    if not out.exists():
+        return []
+    meta = read_meta(out)
+    notes = []
+    for name in datasets:
+        other = sorted({run.epochs for run in meta.runs_of(name)} - {epochs})
+        if other:
+            notes.append(
+                f"note: {out.name} holds runs of {name} with {'/'.join(map(str, other))} "
+                f"epochs, kept as recorded (a pair is collected once); new ones get {epochs}: "
+                "use another --out for curves of one length"
+            )
+    return notes
+
+
 def run_id(dataset: str, config: Config) -> str:
     """Deterministic id of a (dataset, configuration) pair."""
     digest = hashlib.sha1(pair_key(config).encode()).hexdigest()[:12]
     return f"{dataset}-{digest}"
+
+
+def check_resources(gpus_per_trial: float | None, cpus_per_trial: int | None) -> None:
+    """Ray's planning reads 0 CPUs as "the default" and a negative GPU share as "no GPU":
+    refuse them instead of collecting with other resources than asked."""
+    if gpus_per_trial is not None and gpus_per_trial < 0:
+        raise CollectError(f"--gpus-per-trial {gpus_per_trial:g}: must be 0 (CPU) or more")
+    if cpus_per_trial is not None and cpus_per_trial < 1:
+        raise CollectError(f"--cpus-per-trial {cpus_per_trial}: must be 1 or more (leave it "
+                           "out for the default)")
 
 
 # -- what a finished trial becomes --------------------------------------------------------------
@@ -435,6 +464,7 @@ def collect(
         )
     if batch_size < 1:
         raise CollectError(f"--batch-size {batch_size}: must be 1 or more")
+    check_resources(gpus_per_trial, cpus_per_trial)
     out = Path(out).resolve()
     start = time.perf_counter()
     base = RunSettings(model=model, checkpoint=checkpoint, image_size=image_size,
@@ -449,14 +479,21 @@ def collect(
     pairs = [{**config, DATASET_KEY: name} for name, plan in plans.items()
              for config in plan.configs]
     skipped = sum(p.skipped for p in plans.values())
+    for note in epoch_notes(out, list(plans), epochs):
+        log(note)
     for plan in plans.values():
-        log(f"{plan.name}: {len(plan.configs)} configurations to train, {plan.skipped} already "
-            f"in {out.name}")
+        plural = "" if len(plan.configs) == 1 else "s"
+        log(f"{plan.name}: {len(plan.configs)} configuration{plural} to train, {plan.skipped} "
+            f"already in {out.name}")
     summary = CollectSummary(len(pairs) + skipped, skipped, 0, 0, 0.0,
                              {name: len(p.configs) for name, p in plans.items()})
     if not pairs:
         summary.seconds = time.perf_counter() - start
         return summary
+    experiment = f"collect-{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}"
+    if storage:
+        check_storage(storage, experiment, f"--storage {storage}",
+                      "pass a folder or bucket that can be written")
 
     # Ray's newer console output prints a banner (with the trial count of an open-ended search)
     # and a path into the scratch folder removed below; our own lines say what matters
@@ -481,7 +518,7 @@ def collect(
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=f"collect-{time.strftime('%Y%m%d-%H%M%S')}-{socket.gethostname()}",
+                name=experiment,
                 storage_path=storage or scratch,
                 stop={"training_iteration": epochs},
                 callbacks=[recorder],

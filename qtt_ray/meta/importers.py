@@ -70,15 +70,23 @@ def import_qttseg_csv(path: str | Path) -> MetaDataset:
     if not path.is_file():
         raise MetaSchemaError(f"{path}: no such QTT-SEG curves CSV; pass the path of {QTTSEG_FILE}")
     with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        header = reader.fieldnames or []
     needed = set(SAM2_SPACE.names) | {"dataset", "cost", "num_samples", "default_resolution",
                                       "num_channels", "num_classes"}
     needed |= {f"epoch_{i}_iou" for i in range(QTTSEG_EPOCHS)}
-    missing = sorted(needed - set(rows[0] if rows else {}))
+    if not header:
+        raise MetaSchemaError(f"{path}: the file is empty; expected QTT-SEG's "
+                              "finetuning_results_sam.csv")
+    missing = sorted(needed - set(header))
     if missing:
         raise MetaSchemaError(
             f"{path}: missing column {missing[0]!r}; expected QTT-SEG's finetuning_results_sam.csv"
         )
+    if not rows:
+        raise MetaSchemaError(f"{path}: holds a header but no runs; the file is cut off, "
+                              "restore it")
     runs: list[Run] = []
     meta_features: dict[str, dict[str, float]] = {}
     for i, row in enumerate(rows):

@@ -19,8 +19,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import platform
 import shlex
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +36,8 @@ from scipy.stats import spearmanr
 
 from qtt_ray.core import PredictorError, Predictors, evaluate_predictors, train_predictors
 from qtt_ray.core.features import sanitize_scores
+from qtt_ray.core.predictors import FOREST_FILE, SPEC_FILE
+from qtt_ray.file_modes import as_if_opened
 from qtt_ray.meta.dataset import MetaDataset
 from qtt_ray.meta.importers import combine, load_meta_source, source_path
 from qtt_ray.space import SAM2_SPACE
@@ -70,15 +75,22 @@ def load_meta_sources(sources: Sequence[str], log: Log = print) -> MetaDataset:
     if not sources:
         raise PredictorError("--meta: give at least one meta-dataset (.parquet, .csv or folder)")
     metas = [load_meta_source(str(source)) for source in sources]
+    keep_common_meta_features(metas, [str(source) for source in sources], log)
+    return combine(metas, label="--meta", names=[str(source) for source in sources])
+
+
+def keep_common_meta_features(metas: Sequence[MetaDataset], names: Sequence[str],
+                              log: Log = print) -> None:
+    """Drop (in place) the meta-features some source lacks, and log what was kept: a model
+    over features one source does not have cannot describe that source's datasets."""
     common = set.intersection(*(set(m.meta_feature_names) for m in metas))
-    for line in meta_feature_notes(metas, [str(source) for source in sources], common):
+    for line in meta_feature_notes(metas, names, common):
         log(line)
     for meta in metas:
         meta.meta_features = {
             dataset: {k: v for k, v in features.items() if k in common}
             for dataset, features in meta.meta_features.items()
         }
-    return combine(metas, label="--meta", names=[str(source) for source in sources])
 
 
 def meta_feature_notes(metas: Sequence[MetaDataset], names: Sequence[str],
@@ -115,7 +127,23 @@ def check_holdouts(meta: MetaDataset, holdouts: Sequence[str]) -> list[str]:
     kept = [d for d in meta.datasets if d not in holdouts]
     if not kept:
         raise PredictorError("--holdout names every dataset; leave at least one to train on")
+    small = too_few_to_report(meta, holdouts)
+    if small:
+        raise PredictorError(
+            f"--holdout {small[0]}: {len(meta.runs_of(small[0]))} runs, but the quality report "
+            f"needs at least {MIN_REPORT_RUNS} per held-out dataset; collect more --configs for "
+            "it or leave it out of --holdout"
+        )
     return sorted(set(holdouts))
+
+
+MIN_REPORT_RUNS = 3  # a rank correlation of fewer runs says nothing (evaluate_predictors)
+
+
+def too_few_to_report(meta: MetaDataset, datasets: Sequence[str]) -> list[str]:
+    """The datasets with too few runs for a quality report: checked before training, since
+    the report comes after it and would throw the trained predictors away."""
+    return [d for d in dict.fromkeys(datasets) if len(meta.runs_of(d)) < MIN_REPORT_RUNS]
 
 
 # -- quality on a held-out dataset ---------------------------------------------------------------
@@ -220,8 +248,7 @@ def fit(
 def leave_one_out(meta: MetaDataset, seed: int = 0, max_seconds: float | None = None,
                   log: Log = print) -> list[HoldoutReport]:
     """Train on all datasets but one, evaluate on that one, for each dataset in turn."""
-    if len(meta.datasets) < 2:
-        raise PredictorError("--loo needs a meta-dataset with at least 2 datasets")
+    check_loo(meta)
     reports = []
     for dataset in meta.datasets:
         train = meta.subset([d for d in meta.datasets if d != dataset])
@@ -231,6 +258,20 @@ def leave_one_out(meta: MetaDataset, seed: int = 0, max_seconds: float | None = 
         log(f"  {dataset}: rho@0 {row.spearman_0:.3f} rho@1 {row.spearman_1:.3f} "
             f"cost%@0 {row.cost_median_ape_0:.1f} (RF {row.rf_spearman:.3f})")
     return reports
+
+
+def check_loo(meta: MetaDataset) -> None:
+    """Refuse a leave-one-dataset-out that would stop at its first small dataset, after the
+    folds before it had trained."""
+    if len(meta.datasets) < 2:
+        raise PredictorError("--loo needs a meta-dataset with at least 2 datasets")
+    small = too_few_to_report(meta, meta.datasets)
+    if small:
+        listed = ", ".join(f"{d} ({len(meta.runs_of(d))})" for d in small)
+        raise PredictorError(
+            f"--loo: datasets with fewer than {MIN_REPORT_RUNS} runs cannot be reported on: "
+            f"{listed}; collect more --configs for them, or use --holdout for the others"
+        )
 
 
 def leave_one_out_seeds(meta: MetaDataset, seeds: Sequence[int],
@@ -458,10 +499,57 @@ def model_card(
     }
 
 
+def check_artefact_folder(folder: str | Path, option: str = "--out") -> None:
+    """Fail before meta-training if the artefact could not be written there: the training
+    would be lost."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise PredictorError(f"{option} {folder}: is a file; pass a folder for the predictors")
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise PredictorError(f"{option} {folder}: {existing} is a file, not a folder; pass "
+                             "another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PredictorError(f"{option} {folder}: cannot write in {existing}; pass a folder "
+                             "you can write")
+
+
+def check_report_file(report: str | Path) -> None:
+    """Fail before meta-training if ``--report`` could not be written after it."""
+    path = Path(report)
+    if path.is_dir():
+        raise PredictorError(f"--report {report}: is a folder; pass a file name such as "
+                             f"{path / 'report.json'}")
+    if not path.absolute().parent.is_dir():
+        raise PredictorError(f"--report {report}: the folder {path.absolute().parent} does "
+                             "not exist; create it or pass another path")
+    if not os.access(path.absolute().parent, os.W_OK | os.X_OK) or (
+            path.exists() and not os.access(path, os.W_OK)):
+        raise PredictorError(f"--report {report}: cannot write there; pass a path you can "
+                             "write")
+
+
 def save_artefact(folder: str | Path, predictors: Predictors, card: dict[str, Any]) -> Path:
-    """``Predictors.save`` plus ``MODEL_CARD.json``; returns the folder."""
-    folder = predictors.save(folder)
-    (folder / MODEL_CARD).write_text(json.dumps(json_safe(card), indent=2) + "\n")
+    """``Predictors.save`` plus ``MODEL_CARD.json``; returns the folder.
+
+    Written into a scratch folder beside it first and then moved file by file (each move is
+    atomic), so a failed write leaves the previous predictors of ``folder`` whole and their
+    card matching them; other files in ``folder`` stay. Files get the umask's modes (safetensors
+    writes 0600), so a team can read a shared artefact."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        predictors.save(scratch)
+        (scratch / MODEL_CARD).write_text(json.dumps(json_safe(card), indent=2) + "\n")
+        # the spec last: an artefact is found by its predictors.json
+        for file in sorted(scratch.iterdir(), key=lambda f: f.name == SPEC_FILE):
+            as_if_opened(file)
+            os.replace(file, folder / file.name)
+        if predictors.forest is None:
+            (folder / FOREST_FILE).unlink(missing_ok=True)  # as Predictors.save does
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return folder
 
 
