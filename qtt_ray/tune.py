@@ -177,6 +177,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_local_gpus(args.gpus_per_trial)
     if args.pool_size < 1:
         raise CliError(f"--pool-size {args.pool_size} must be at least 1")
+    if args.seed < 0:  # numpy's generators take no negative seed (a traceback at the pool)
+        raise CliError(f"--seed {args.seed} must be 0 or more")
     if args.max_failures < 0:
         raise CliError(f"--max-failures {args.max_failures} must be 0 or more")
     if (args.replay_meta is None) != (args.replay_dataset is None):

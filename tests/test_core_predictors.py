@@ -307,3 +307,16 @@ def test_a_predictors_json_that_is_not_json_is_one_line(tmp_path: Path) -> None:
     message = str(err.value)
     assert message.startswith(f"{spec_path} is malformed (") and "\n" not in message
     assert message.endswith("); re-save the predictors")
+
+
+def test_saved_weights_are_readable_by_the_team(tmp_path: Path) -> None:
+    """safetensors writes 0600: a predictors folder shared by a team (or the bench's cache)
+    was unreadable to everyone but its writer."""
+    import os
+
+    from qtt_ray.file_modes import process_umask
+
+    folder = untrained_predictors(SPACE, ["num_samples"]).save(tmp_path / "artefact")
+    expected = 0o666 & ~process_umask()
+    for file in Path(folder).iterdir():
+        assert os.stat(file).st_mode & 0o777 == expected, file.name

@@ -23,6 +23,7 @@ from qtt_ray.core.errors import PredictorError
 from qtt_ray.core.features import FeatureSpec
 from qtt_ray.core.forest import ZeroShotForest, forest_inputs
 from qtt_ray.core.performance import PerformanceArchitecture, PerformancePredictor
+from qtt_ray.file_modes import as_if_opened
 from qtt_ray.space import SearchSpace, SpaceError
 
 FORMAT_VERSION = 4
@@ -94,6 +95,9 @@ class Predictors:
         else:
             (folder / FOREST_FILE).unlink(missing_ok=True)
         (folder / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True))
+        for name in (PERFORMANCE_FILE, COST_FILE, FOREST_FILE):  # safetensors writes 0600
+            if (folder / name).is_file():
+                as_if_opened(folder / name)
         return folder
 
     @classmethod
