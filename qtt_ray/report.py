@@ -17,6 +17,7 @@ from typing import Any, TypeGuard
 from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
 from qtt_ray.results import (
     EXTRA_INTERRUPTIONS,
+    EXTRA_PREDICTORS,
     EXTRA_SPLIT,
     RESULTS_FILE,
     Results,
@@ -75,12 +76,19 @@ def _summary(results: Results) -> list[str]:
         ("epochs trained", str(epochs)),
         *_count_rows(results),
         ("searcher", results.searcher),
+        *_predictors_row(results),
         ("model", results.model),
         *_base_rows(results),
         ("budget", _seconds(results.budget_s)),
         ("seed", str(results.seed)),
     ]
     return _table(("", ""), rows)
+
+
+def _predictors_row(results: Results) -> list[tuple[str, str]]:
+    """Which meta-trained predictors quicktune started from (absent in older results)."""
+    folder = results.extra.get(EXTRA_PREDICTORS)
+    return [("predictors", f"`{folder}`")] if isinstance(folder, str) else []
 
 
 def _count_rows(results: Results) -> list[tuple[str, str]]:

@@ -28,6 +28,7 @@ EXTRA_ADAPTER_EPOCH = "adapter_epoch"  # which epoch of the best trial the adapt
 EXTRA_ADAPTER_IOU = "adapter_iou"  # the exported adapter's validation IoU, re-measured
 EXTRA_TIMELINE = "timeline"  # [[seconds since the tuning started, best IoU so far], ...]
 EXTRA_INTERRUPTIONS = "interruptions"  # how often the run was interrupted and resumed
+EXTRA_PREDICTORS = "predictors"  # the meta-trained predictors folder quicktune used
 EXTRA_CLASSES = "classes"  # the class ids tuned on, [1..K] (binary: [1])
 EXTRA_WHITE = "white_is_class_one"  # the masks were binary 0/255 (255 read as class 1)
 EXTRA_SPLIT = "split"  # {"train": [stems], "val": [stems]}: the images sampled and their split

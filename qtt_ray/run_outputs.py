@@ -21,6 +21,7 @@ from qtt_ray.results import (
     EXTRA_ADAPTER_IOU,
     EXTRA_CLASSES,
     EXTRA_INTERRUPTIONS,
+    EXTRA_PREDICTORS,
     EXTRA_SPLIT,
     EXTRA_TIMELINE,
     EXTRA_WHITE,
@@ -63,6 +64,8 @@ def summarise(args: argparse.Namespace, prep: Prepared, budget: float, zero_shot
         # which images were sampled (--num-images, --seed) and which of them validated
         extra[EXTRA_SPLIT] = {"train": [s.stem for s in prep.dataset.train],
                               "val": [s.stem for s in prep.dataset.val]}
+    if prep.predictors is not None:  # which meta-training the quicktune searcher started from
+        extra[EXTRA_PREDICTORS] = str(prep.predictors)
     if prep.saved is not None:
         extra[EXTRA_INTERRUPTIONS] = int(prep.saved.get("interruptions", 0))
     if controller is not None:

@@ -200,6 +200,9 @@ def choose_searcher(args: argparse.Namespace) -> tuple[str, Path | None]:
 
     if args.predictors is not None:
         path = Path(args.predictors).resolve()
+        if path.is_file():
+            raise PredictorError(f"--predictors {args.predictors}: is a file; pass the folder "
+                                 f"that holds {SPEC_FILE} (the --out of `{TRAIN_PREDICTORS_HINT}`)")
         if not (path / SPEC_FILE).is_file():
             raise PredictorError(f"--predictors {args.predictors}: no {SPEC_FILE} there; train "
                                  f"predictors with `{TRAIN_PREDICTORS_HINT}`")

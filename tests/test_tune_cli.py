@@ -27,6 +27,7 @@ def run_main(main, argv: list[str], capsys) -> tuple[int, str]:  # noqa: ANN001
         (["--num-images", "1"], "--num-images"),
         (["--max-concurrent", "0"], "--max-concurrent"),
         (["--seed", "-1", "--model", "micro"], "--seed -1 must be 0 or more"),
+        (["--predictors", __file__, "--model", "micro"], "is a file; pass the folder"),
         (["--resume", "/nonexistent/run"], "--resume"),
         (["--model", "gigantic", "--budget", "5"], "--model"),
         (["--checkpoint", "/nonexistent/sam2.pt", "--budget", "5"], "--checkpoint"),

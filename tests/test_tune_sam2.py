@@ -62,6 +62,8 @@ def test_freeze_thaw_with_micro_sam2_on_demo(tmp_path) -> None:
     assert code == 0
     check_run(output, 25, "quicktune")
     results = read_results(output / "results.json")
+    assert results.extra["predictors"] == str(predictors.resolve())  # what quicktune started from
+    assert f"| predictors | `{predictors.resolve()}` |" in (output / "report.md").read_text()
     # after each epoch a trial paused (resumed later) or continued in place (picked again)
     assert all(t.resumes <= t.epochs - 1 for t in results.trials)
     # a finished run keeps its best model, not every trial's checkpoints (--keep-checkpoints)
