@@ -391,13 +391,17 @@ def prepare(args: argparse.Namespace, given: set[str] | None = None) -> Prepared
 
 def predictors_setup_warning(predictors_dir: Path, spec: Any) -> str | None:
     """Say so when the run's model or image size is not what the predictors' curves were
-    recorded with (from the artefact's MODEL_CARD.json; nothing without a readable card)."""
+    recorded with (from the artefact's MODEL_CARD.json; nothing without a card, as predictors
+    saved by hand have none; a damaged card says that the check could not be made)."""
     from qtt_ray.meta.train import MODEL_CARD, setup_mismatch
 
     try:
         card = json.loads((predictors_dir / MODEL_CARD).read_text())
-    except (OSError, ValueError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        return (f"{predictors_dir / MODEL_CARD} is unreadable ({one_line(err)[:80]}): the "
+                "model and image size the predictors were trained for cannot be checked")
     return setup_mismatch(card, spec.name, spec.image_size) if isinstance(card, dict) else None
 
 

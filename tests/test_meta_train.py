@@ -301,6 +301,23 @@ def test_a_run_outside_the_predictors_set_ups_is_warned(artefact) -> None:
         shipped, resolve_spec("micro", image_size=128)) or "")
 
 
+def test_a_damaged_model_card_says_the_check_could_not_be_made(artefact, tmp_path) -> None:
+    """A card that does not parse turned the set-up warning off without a word."""
+    import shutil
+
+    from qtt_ray.model.build import resolve_spec
+    from qtt_ray.tune import predictors_setup_warning
+
+    out, _ = artefact
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / MODEL_CARD).write_text("{not json")
+    warning = predictors_setup_warning(copy, resolve_spec("micro", image_size=128))
+    assert warning is not None and warning.startswith(f"{copy / MODEL_CARD} is unreadable (")
+    (copy / MODEL_CARD).unlink()  # predictors saved by hand have no card: nothing to check
+    assert predictors_setup_warning(copy, resolve_spec("micro", image_size=64)) is None
+
+
 def test_outputs_that_cannot_be_written_are_refused_before_training(curves_file, tmp_path,
                                                                     capsys) -> None:
     """They were tracebacks after the meta-training (and --report's after the artefact was
