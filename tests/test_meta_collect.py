@@ -102,6 +102,7 @@ def test_plan_skips_recorded_pairs_and_checks_the_file(tmp_path, capsys) -> None
     ("cpus", ["--cpus-per-trial 0", "must be 1 or more"]),
     ("gpus", ["--gpus-per-trial -1", "must be 0 (CPU) or more"]),
     ("storage", ["--storage", "a-file is a file, not a folder", "pass a folder or bucket"]),
+    ("num-images", ["--num-images 0: must be at least 2"]),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, case: str,
                                          needles: list[str]) -> None:
@@ -115,6 +116,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, case: str,
         "cpus": [*small, "--cpus-per-trial", "0"],
         "gpus": [*small, "--gpus-per-trial", "-1"],
         "storage": [*small, "--storage", str(tmp_path / "a-file")],
+        "num-images": [*small, "--num-images", "0"],
         "epochs": ["collect", "--data", "demo", "--configs", "2", "--epochs", "11", "--out", out],
         "configs": ["collect", "--data", "demo", "--configs", "0", "--out", out],
         "same-name": ["collect", "--data", "demo", "demo", "--configs", "2", "--out", out],

@@ -102,6 +102,7 @@ def run_collect(args: argparse.Namespace) -> int:
     from qtt_ray.meta.collect import collect
 
     check_seeds(("--seed", args.seed), ("--data-seed", args.data_seed))
+    check_num_images(args.num_images)
     started = False
     if args.address is not None and not ray.is_initialized():
         join_ray_cluster(args.address, logging_level=logging.ERROR)
@@ -187,9 +188,17 @@ def run_describe(args: argparse.Namespace) -> int:
     from qtt_ray.meta.describe import describe_dataset, format_description
 
     check_seeds(("--data-seed", args.seed))
+    check_num_images(args.num_images)
     description = describe_dataset(args.data, args.num_images, args.seed)
     print(description.to_json() if args.json else format_description(description))
     return 0
+
+
+def check_num_images(num_images: int) -> None:
+    """Named as the option, not as the data layer's ``num_images=`` argument."""
+    if num_images < 2:
+        raise CliError(f"--num-images {num_images}: must be at least 2 (a training and a "
+                       "validation image)")
 
 
 def check_seeds(*options: tuple[str, int]) -> None:
