@@ -12,6 +12,7 @@ from qtt_ray import tune, worker_zero_shot
 from qtt_ray.data import load_dataset
 from qtt_ray.model.build import build_model
 from qtt_ray.model.finetune import zero_shot_iou
+from qtt_ray.trainables.sam2_trainable import this_node  # Ray's node IP once Ray runs here
 from qtt_ray.trainables.settings import RunSettings
 from qtt_ray.worker_zero_shot import WorkerZeroShot, runs_on_a_worker, zero_shot_here
 
@@ -34,7 +35,7 @@ def test_only_a_cpu_driver_of_a_cluster_with_gpu_trials_hands_it_over():
 
 def test_the_task_measures_what_the_driver_would(settings):
     found = zero_shot_here(settings)
-    assert found.error is None and found.where == "cpu on node localhost"
+    assert found.error is None and found.where == f"cpu on node {this_node()}"
     assert found.precision == "fp32" and found.memory_line is None  # no memory check on a CPU
     dataset = load_dataset(settings.data, settings.num_images, settings.data_seed)
     spec = settings.model_spec()
@@ -46,7 +47,7 @@ def test_a_dataset_missing_on_the_worker_is_one_line_naming_the_node(settings, t
     found = zero_shot_here(RunSettings(data=str(tmp_path / "gone"), num_images=12,
                                        model="micro", image_size=64))
     assert found.error is not None and "\n" not in found.error
-    assert found.error.startswith("on node localhost: ") and "gone" in found.error
+    assert found.error.startswith(f"on node {this_node()}: ") and "gone" in found.error
 
 
 @pytest.mark.slow
