@@ -190,7 +190,7 @@ def test_results_record_classes_and_the_image_split(tmp_path: Path) -> None:
 
     dataset = load_dataset(_binary_folder(tmp_path / "data", True), num_images=6, seed=0)
     prep = SimpleNamespace(
-        replay=None, dataset=dataset, saved=None, spec=None, searcher="random",
+        replay=None, dataset=dataset, saved=None, spec=None, searcher="random", predictors=None,
         dataset_name="data", model_name="micro",
         settings=SimpleNamespace(resolved_device=lambda: "cpu"))
     summary = summarise(SimpleNamespace(seed=0), prep, 30.0, 0.2, 1.0, 10.0,  # type: ignore[arg-type]
