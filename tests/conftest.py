@@ -61,3 +61,20 @@ def micro_checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     for seed, path in enumerate(paths):
         save_checkpoint(build_model(resolve_spec("micro", image_size=64, seed=seed)), path)
     return paths
+
+
+@pytest.fixture(scope="module")
+def spec():
+    """The 64 px micro SAM2 that the model tests share (a module defining its own ``spec``
+    overrides it)."""
+    from qtt_ray.model.build import resolve_spec
+
+    return resolve_spec("micro", image_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def base(spec):
+    """``spec`` built with its seeded random weights, once per module."""
+    from qtt_ray.model.build import build_model
+
+    return build_model(spec)

@@ -9,7 +9,6 @@ import torch
 
 from qtt_ray.data import AugmentSpec, Sample, SegDataset, make_example
 from qtt_ray.model.adapter import load_adapter
-from qtt_ray.model.build import build_model, resolve_spec
 from qtt_ray.model.evaluate import evaluate_model, prompted_examples
 from qtt_ray.model.finetune import FineTuner, clean_config, zero_shot_iou
 from qtt_ray.model.forward import box_logits, collate
@@ -44,16 +43,6 @@ def tiny_dataset(n_train: int = 6, n_val: int = 3, classes: int = 2, seed: int =
             image[y : y + h, x : x + w] = (70 * cls + 60, 200 - 50 * cls, 30)
         samples.append(Sample(f"s{i}", image, mask))
     return SegDataset("tiny", "synthetic", samples[:n_train], samples[n_train:], classes, {}, [], 0)
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return resolve_spec("micro", image_size=S, seed=0)
-
-
-@pytest.fixture(scope="module")
-def base(spec):
-    return build_model(spec)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ import time
 import pytest
 import torch
 
-from qtt_ray.model.build import build_model, resolve_spec
 from qtt_ray.model.finetune import FineTuner
 from qtt_ray.model.lora import trainable_state
 from qtt_ray.model.prefetch import Prefetched
-from tests.test_model_finetune import AUGMENTED_ONECYCLE, S, tiny_dataset
+from tests.test_model_finetune import AUGMENTED_ONECYCLE, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,16 +63,6 @@ def test_an_error_in_the_producer_is_raised_at_its_item():
         for item in ready:
             taken.append(item)
     assert taken == [1]
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return resolve_spec("micro", image_size=S, seed=0)
-
-
-@pytest.fixture(scope="module")
-def base(spec):
-    return build_model(spec)
 
 
 def test_a_prefetched_epoch_equals_a_plain_one(spec, base):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from qtt_ray.model.build import build_model, resolve_spec
 from qtt_ray.model.finetune import FineTuner, zero_shot_iou
 from qtt_ray.model.forward import box_logits, collate
 from qtt_ray.model.lora import make_trainable, trainable_state
@@ -20,16 +19,6 @@ from tests.test_model_finetune import AUGMENTED_ONECYCLE as CONFIG
 from tests.test_model_finetune import S, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return resolve_spec("micro", image_size=S, seed=0)
-
-
-@pytest.fixture(scope="module")
-def base(spec):
-    return build_model(spec)
 
 
 @pytest.fixture(scope="module")

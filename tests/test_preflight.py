@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from qtt_ray import preflight
-from qtt_ray.model.build import build_model, resolve_spec
 from qtt_ray.model.lora import make_trainable, trainable_state
 from qtt_ray.preflight import (
     TrialDoesNotFit,
@@ -27,16 +26,6 @@ from tests.test_model_finetune import S, tiny_dataset
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 GIB = 2**30
-
-
-@pytest.fixture(scope="module")
-def spec():
-    return resolve_spec("micro", image_size=S, seed=0)
-
-
-@pytest.fixture(scope="module")
-def base(spec):
-    return build_model(spec)
 
 
 def test_the_hungriest_configuration_has_lora_at_the_largest_rank():
