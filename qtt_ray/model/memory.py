@@ -52,13 +52,11 @@ from qtt_ray.model.forward import PromptBatch, box_logits, collate
 from qtt_ray.model.lora import make_trainable
 from qtt_ray.model.losses import bce_dice
 from qtt_ray.precision import RESOLVED
+from qtt_ray.preflight import hungriest_config
 
 GIB = 1 << 30
-# the search space's most memory-hungry trial: the largest LoRA rank (space.py: 4, 8, 16)
-TRIAL_CONFIG: dict[str, Any] = {
-    "lora": 1, "lora_rank": 16, "lora_dropout": 0.0, "lr": 1e-4, "weight_decay": 0.0,
-    "horizontal_flip": 0, "vertical_flip": 0, "random_rotate": 0, "sched": "cosine",
-}
+# the search space's most memory-hungry trial, as the pre-flight check trains it
+TRIAL_CONFIG: dict[str, Any] = hungriest_config()
 ADAM_MOMENTS = 2  # exp_avg and exp_avg_sq, each of the parameter's dtype (fp32)
 # where a saved tensor comes from: the innermost of these modules running when it was saved
 PARTS = {
