@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from qtt_ray.mlflow_store import relocate_artifacts
 from qtt_ray.results import TrialRecord
 from qtt_ray.searchers.clock import step_seconds
 
@@ -322,20 +323,38 @@ class MlflowTracker(Callback):
 
     def _check_artifact_location(self, experiment: Any) -> None:
         """A sqlite database that moved with its run folder still names the old artifact
-        folder (MLflow stores it absolute): log no artifacts there (the files are in the run
-        folder anyway) rather than write outside it."""
+        folder (MLflow stores it absolute). When that folder is the ``mlartifacts/`` beside
+        the database, its files moved too: re-point the experiment and its runs to the new
+        place, so ``mlflow ui`` finds the artifacts and the resumed run logs its own there.
+        Any other location (chosen outside this tool) is left alone, and no artifacts are
+        written outside the run folder."""
         expected = artifact_root(self.tracking_uri)
         if experiment is None or expected is None:
             return
-        location = str(experiment.artifact_location)
-        if location.startswith("file:") and location.rstrip("/") != expected.rstrip("/"):
-            log.warning(
-                "MLflow: experiment %r keeps its artifacts at %s, outside this run folder (it "
-                "moved?); not logging artifacts there",
-                self.experiment_name,
-                location,
-            )
-            self._artifacts = False
+        location = str(experiment.artifact_location).rstrip("/")
+        if not location.startswith("file:") or location == expected.rstrip("/"):
+            return
+        if location.rsplit("/", 1)[-1] == ARTIFACTS_DIR:
+            try:
+                runs = relocate_artifacts(self.tracking_uri, experiment.experiment_id,
+                                          location, expected)
+            except Exception as err:  # a store this version cannot edit: keep the old path
+                log.warning("MLflow: could not re-point experiment %r from %s (%s); not "
+                            "logging artifacts", self.experiment_name, location,
+                            str(err).splitlines()[0] if str(err) else type(err).__name__)
+                self._artifacts = False
+                return
+            log.warning("MLflow: the run folder moved; experiment %r and its %d runs now "
+                        "keep their artifacts at %s (was %s)", self.experiment_name, runs,
+                        expected, location)
+            return
+        log.warning(
+            "MLflow: experiment %r keeps its artifacts at %s, outside this run folder; not "
+            "logging artifacts there",
+            self.experiment_name,
+            location,
+        )
+        self._artifacts = False
 
     def _disable(self, err: Exception) -> None:
         if not self._disabled:

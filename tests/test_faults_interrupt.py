@@ -94,6 +94,12 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes_the_same_run(
     assert results.extra["interruptions"] == 1
     parents, children = mlflow_statuses(moved)
     assert parents == ["FINISHED"]  # the same parent run continued and finished
+    # the database still named the old folder: its artifacts now live in the moved folder
+    client = MlflowClient(f"sqlite:///{moved / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("qtt-ray").experiment_id])
+    parent_run = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    assert parent_run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
+    assert "report.md" in {a.path for a in client.list_artifacts(parent_run.info.run_id)}
     assert len(children) == len(results.trials)  # the same trial runs continued, no duplicates
     # a trial Tune ended is FINISHED in MLflow too, also one paused at the Ctrl-C and stopped
     # after the resume without another epoch (its run had been ended KILLED)

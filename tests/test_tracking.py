@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 from mlflow.tracking import MlflowClient
@@ -122,11 +123,17 @@ def test_artifacts_go_beside_the_sqlite_database_not_the_working_directory(
     assert artifact_root("http://host:5000") is None  # a server decides for itself
 
 
-def test_a_moved_database_logs_no_artifacts_to_its_old_folder(tmp_path, caplog) -> None:
+def test_a_moved_run_folder_keeps_its_artifacts_and_logs_new_ones_inside_it(
+    tmp_path, caplog
+) -> None:
+    """The database names its artifact folder by absolute path; after ``mv`` the experiment
+    and its runs are re-pointed to the folder's new ``mlartifacts/``."""
     old, new = tmp_path / "old", tmp_path / "new"
     old.mkdir()
     first = MlflowTracker(f"sqlite:///{old / 'mlflow.db'}", "tests", "a", {})
     first.start()
+    (old / "early.md").write_text("# before the move")
+    first.log_artifact(old / "early.md")
     first.close("KILLED")
     old.rename(new)
     again = MlflowTracker(f"sqlite:///{new / 'mlflow.db'}", "tests", "a", {})
@@ -137,9 +144,34 @@ def test_a_moved_database_logs_no_artifacts_to_its_old_folder(tmp_path, caplog) 
     again.log_artifact(new / "report.md")
     again.close("FINISHED")
     assert not old.exists()  # nothing recreated where the folder used to be
-    assert any("outside this run folder" in r.getMessage() for r in caplog.records)
+    assert any("run folder moved" in r.getMessage() for r in caplog.records)
     client = MlflowClient(f"sqlite:///{new / 'mlflow.db'}")
-    assert client.get_run(first.parent_run_id).info.status == "FINISHED"
+    run = client.get_run(first.parent_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith(artifact_root(f"sqlite:///{new / 'mlflow.db'}"))
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"early.md", "report.md"}
+    fetched = client.download_artifacts(run.info.run_id, "early.md", str(tmp_path / "dl"))
+    assert Path(fetched).read_text() == "# before the move"
+
+
+def test_an_artifact_location_chosen_elsewhere_is_left_alone(tmp_path, caplog) -> None:
+    """Only the ``mlartifacts/`` this tool puts beside the database is followed after a
+    move; an experiment someone pointed elsewhere keeps its location, and nothing is written
+    there."""
+    run, elsewhere = tmp_path / "run", tmp_path / "shared-artifacts"
+    run.mkdir()
+    uri = f"sqlite:///{run / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("tests", artifact_location=elsewhere.as_uri())
+    tracker = MlflowTracker(uri, "tests", "a", {})
+    with caplog.at_level(logging.WARNING, logger="qtt_ray.tracking"):
+        tracker.start()
+    (run / "report.md").write_text("# report")
+    tracker.log_artifact(run / "report.md")
+    tracker.close("FINISHED")
+    assert not elsewhere.exists()
+    assert any("outside this run folder" in r.getMessage() for r in caplog.records)
+    assert MlflowClient(uri).get_experiment_by_name("tests").artifact_location == (
+        elsewhere.as_uri())
 
 
 def test_unreachable_server_warns_once_and_continues(caplog) -> None:
