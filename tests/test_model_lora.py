@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 
 import numpy as np
@@ -102,3 +103,22 @@ def test_lora_weights_change_in_training_and_the_base_stays_untouched(base):
     assert any(n.startswith("sam_mask_decoder.") for n in changed)
     assert all(torch.equal(before_base[k], v) for k, v in base.state_dict().items())
     assert not any("lora_" in n for n, _ in base.named_parameters())
+
+
+def test_seeding_the_network_leaves_the_callers_cuda_streams_alone(base, monkeypatch) -> None:
+    """``fork_rng(devices=[])`` restores only the CPU stream: seeding with ``torch.manual_seed``
+    inside it reseeded every GPU's global stream on a GPU machine (the trial's augmentation and
+    dropout draws). Building and LoRA injection seed the CPU generator alone."""
+    cuda_seeded: list[int] = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeded.append)
+    cpu_before = torch.random.get_rng_state()
+    tuned = make_trainable(copy.deepcopy(base), {"lora": 1, "lora_rank": 4, "lora_dropout": 0.0},
+                           seed=3)
+    build_model(resolve_spec("micro", image_size=64), "cpu")
+    assert cuda_seeded == []
+    assert torch.equal(torch.random.get_rng_state(), cpu_before)
+    again = make_trainable(copy.deepcopy(base), {"lora": 1, "lora_rank": 4, "lora_dropout": 0.0},
+                           seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(
+        (p for n, p in tuned.named_parameters() if "lora_A" in n),
+        (p for n, p in again.named_parameters() if "lora_A" in n), strict=True))

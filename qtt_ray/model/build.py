@@ -437,7 +437,7 @@ def build_model(spec: ModelSpec, device: str | torch.device = "cpu") -> nn.Modul
     if spec.name == MICRO:
         overrides += micro_overrides(spec.image_size)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(spec.seed)
+        torch.random.default_generator.manual_seed(spec.seed)  # CPU only: built on the CPU
         # postprocessing off: its eval-only dynamic multimask fallback uses an untrained head
         model = build_sam2(
             spec.config_name,

@@ -40,8 +40,9 @@ def evaluate_model(
     model.eval()
     accumulator = IoUAccumulator()
     loss_sum, boxes = 0.0, 0
-    for first in range(0, len(examples), max(1, batch_size)):
-        batch = collate(examples[first : first + batch_size]).to(device)
+    step = max(1, int(batch_size))  # the same step for the range and the slice: 0 made [] batches
+    for first in range(0, len(examples), step):
+        batch = collate(examples[first : first + step]).to(device)
         logits = box_logits(model, batch.images, batch.boxes, batch.box_image, precision)
         loss_sum += float(bce_dice_per_mask(logits, batch.masks).sum())
         boxes += batch.num_boxes

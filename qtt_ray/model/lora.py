@@ -40,7 +40,7 @@ def make_trainable(model: nn.Module, config: Mapping[str, Any], seed: int = 0) -
     peft_config = lora_config(config)
     if peft_config is not None:
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.random.default_generator.manual_seed(seed)  # peft draws A on the CPU
             model = inject_adapter_in_model(peft_config, model)
     for name, param in model.named_parameters():
         param.requires_grad_(name.startswith(f"{DECODER}.") or "lora_" in name)
