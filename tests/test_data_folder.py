@@ -252,10 +252,12 @@ def test_no_pair_matches(tmp_path: Path) -> None:
         load_dataset(tmp_path)
 
 
-def test_jpeg_masks_are_named_in_the_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", [".jpg", ".gif"])
+def test_non_png_masks_are_named_in_the_error(tmp_path: Path, suffix: str) -> None:
+    """JPEG masks, and GIF ones (DRIVE ships its vessel masks as GIF)."""
     _write(tmp_path, "a", Image.fromarray(_image()), None)
-    Image.fromarray(_mask()).save(tmp_path / "masks" / "a.jpg")
-    with pytest.raises(DataError, match="not PNG"):
+    Image.fromarray(_mask()).save(tmp_path / "masks" / f"a{suffix}")
+    with pytest.raises(DataError, match=rf"not PNG, e\.g\. a\{suffix}: save masks as PNG"):
         load_dataset(tmp_path)
 
 

@@ -108,6 +108,28 @@ def test_a_single_image_cannot_be_split(tmp_path: Path) -> None:
     assert str(tmp_path) in _one_line(error)
 
 
+def test_all_pairs_unreadable_names_a_file_and_its_problem(tmp_path: Path) -> None:
+    """The warnings that named each file never reach the user when loading then fails: the
+    error itself must say which file is bad and why."""
+    _folder(tmp_path, count=3)
+    for image in (tmp_path / "images").iterdir():
+        image.write_bytes(b"")
+    with pytest.raises(DataError, match="all 3 image/mask pairs are unreadable") as error:
+        load_dataset(tmp_path)
+    assert "s0.png: cannot identify image file" in _one_line(error)
+
+
+def test_too_few_decodable_pairs_names_a_file_and_its_problem(tmp_path: Path) -> None:
+    """Truncated files pass the header scan and fail only when decoded."""
+    _folder(tmp_path, count=3)
+    for image in sorted((tmp_path / "images").iterdir())[1:]:
+        image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(DataError, match="only 1 of 3 image/mask pairs decode") as error:
+        load_dataset(tmp_path, num_images=3)
+    message = _one_line(error)
+    assert re.search(r"s[12]\.png: image file is truncated", message)
+
+
 @pytest.mark.parametrize("size", [(1, 1), (MIN_IMAGE_SIDE - 1, 40)])
 def test_too_small_image_names_the_file_and_the_minimum(tmp_path: Path, size) -> None:
     _folder(tmp_path, count=3)

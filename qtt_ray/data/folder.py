@@ -26,11 +26,14 @@ from qtt_ray.data.image_io import (
     read_header,
     read_image,
     read_mask,
+    read_orientation,
 )
 from qtt_ray.data.sample import Sample
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 MASK_SUFFIX = ".png"
+# masks that are named in the "save masks as PNG" hint: image formats, and GIF (DRIVE's own)
+OTHER_MASK_SUFFIXES = tuple(s for s in IMAGE_SUFFIXES if s != MASK_SUFFIX) + (".gif", ".webp")
 BINARY_WHITE = 255
 MIN_IMAGE_SIDE = 16
 _EXAMPLES = 3
@@ -104,7 +107,7 @@ def _match_pairs(root: Path, warnings: list[str]) -> dict[str, tuple[Path, Path]
             f"no images in {root / 'images'}: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
         )
     masks = files_by_stem(root / "masks", (MASK_SUFFIX,), warnings)
-    lossy = files_by_stem(root / "masks", tuple(s for s in IMAGE_SUFFIXES if s != MASK_SUFFIX))
+    lossy = files_by_stem(root / "masks", OTHER_MASK_SUFFIXES)
     hint = (
         f" ({len(lossy)} mask file(s) are not PNG, e.g. {next(iter(lossy.values())).name}: "
         "save masks as PNG)" if lossy else ""
@@ -112,6 +115,7 @@ def _match_pairs(root: Path, warnings: list[str]) -> dict[str, tuple[Path, Path]
     matched = sorted(images.keys() & masks.keys())
     no_mask = sorted(images.keys() - masks.keys())
     no_image = sorted(masks.keys() - images.keys())
+    hint += _near_misses({s: images[s] for s in no_mask}, {s: masks[s] for s in no_image})
     if not matched:
         raise DataError(
             f"{root}: none of {len(images)} images has a mask of the same stem among "
@@ -127,6 +131,43 @@ def _match_pairs(root: Path, warnings: list[str]) -> dict[str, tuple[Path, Path]
             f"using {len(matched)} pairs{hint}",
         )
     return {stem: (images[stem], masks[stem]) for stem in matched}
+
+
+def _exif_note(image_file: Path, image_size: tuple[int, int], mask_size: tuple[int, int]) -> str:
+    """Why an image and its mask may differ by a quarter turn: the image's EXIF orientation."""
+    if mask_size != image_size[::-1]:
+        return ""
+    orientation = read_orientation(image_file)
+    if orientation == 1:
+        return ""
+    return (
+        f" upright (its EXIF orientation {orientation} turns the stored {mask_size[0]}x"
+        f"{mask_size[1]} pixels, which the mask matches): masks must match the photo as viewers "
+        "show it; save the photo upright without the EXIF orientation, or turn the mask"
+    )
+
+
+def _near_misses(images: dict[str, Path], masks: dict[str, Path]) -> str:
+    """A hint naming masks that differ from an image's stem only by letter case or by keeping
+    the image's extension (``a.jpg.png``): the pairing is exact, so say what to rename."""
+    by_key: dict[str, Path] = {}
+    for stem, path in masks.items():
+        key = stem.casefold()
+        for suffix in IMAGE_SUFFIXES:
+            if key.endswith(suffix):
+                key = key[: -len(suffix)]
+                break
+        by_key.setdefault(key, path)
+    misses = [(images[stem], by_key[stem.casefold()]) for stem in sorted(images)
+              if stem.casefold() in by_key]
+    if not misses:
+        return ""
+    image, mask = misses[0]
+    return (
+        f" ({len(misses)} mask(s) nearly match an image, e.g. masks/{mask.name} for "
+        f"{image.name}: rename each mask to the image's exact stem + .png, here "
+        f"{image.stem}{MASK_SUFFIX})"
+    )
 
 
 def mask_labels(mask_file: Path, values: np.ndarray) -> set[int]:
@@ -180,6 +221,7 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
     pairs: dict[str, tuple[Path, Path]] = {}
     labels_by_stem: dict[str, set[int]] = {}
     modes: set[str] = set()
+    first_error = ""
     for stem, (image_file, mask_file) in candidates.items():
         try:
             image_size, image_mode = read_header(image_file)
@@ -188,17 +230,22 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
             if image_size != mask_size:
                 raise DataError(
                     f"mask {mask_file} is {mask_size[0]}x{mask_size[1]} but image "
-                    f"{image_file.name} is {image_size[0]}x{image_size[1]}: masks must have "
-                    "their image's size"
+                    f"{image_file.name} is {image_size[0]}x{image_size[1]}"
+                    + (_exif_note(image_file, image_size, mask_size)
+                       or ": masks must have their image's size")
                 )
             labels_by_stem[stem] = mask_labels(mask_file, read_mask(mask_file))
         except CorruptFileError as error:
             warn(warnings, f"skipped unreadable or corrupt file {error}")
+            first_error = first_error or str(error)
             continue
         pairs[stem] = (image_file, mask_file)
         modes.add(image_mode)
     if not pairs:
-        raise DataError(f"{root}: every image/mask pair is unreadable; check the files")
+        raise DataError(
+            f"{root}: all {len(candidates)} image/mask pairs are unreadable, e.g. {first_error}: "
+            "re-export the files (or check their read permissions)"
+        )
 
     all_labels = set().union(*labels_by_stem.values())
     binary = reads_white_as_class_one(
@@ -227,11 +274,12 @@ def scan_folder(root: Path, warnings: list[str]) -> FolderScan:
 
 def load_samples(
     scan: FolderScan, order: Sequence[str], count: int, warnings: list[str]
-) -> tuple[list[Sample], int]:
-    """Decode the first ``count`` readable pairs of ``order``; returns them and how many pairs
-    turned out corrupt on decoding (skipped with a warning)."""
+) -> tuple[list[Sample], list[str]]:
+    """Decode the first ``count`` readable pairs of ``order``; returns them and the reasons of
+    the pairs that turned out corrupt on decoding (skipped with a warning), so an error that
+    follows can name a file."""
     samples: list[Sample] = []
-    corrupt = 0
+    corrupt: list[str] = []
     for stem in order:
         if len(samples) == count:
             break
@@ -241,7 +289,7 @@ def load_samples(
             mask = read_mask(mask_file)
         except CorruptFileError as error:
             warn(warnings, f"skipped unreadable or corrupt file {error}")
-            corrupt += 1
+            corrupt.append(str(error))
             continue
         samples.append(Sample(stem=stem, image=image,
                               mask=class_indices(mask, scan.white_is_class_one)))

@@ -12,6 +12,7 @@ from qtt_ray.data.sample import Sample, SegDataset
 from qtt_ray.data.split import (
     DEFAULT_NUM_IMAGES,
     DEFAULT_VAL_FRACTION,
+    check_seed,
     check_split_options,
     effective_count,
     seeded_order,
@@ -31,6 +32,7 @@ def load_dataset(
     ``"demo-multiclass"`` for the built-in procedural dataset (kept in memory, no files).
     """
     check_split_options(num_images, val_fraction)
+    check_seed(seed)
     warnings: list[str] = []
     if isinstance(source, str) and source in DEMO_SOURCES:
         return _load_demo(source, num_images, seed, val_fraction, warnings)
@@ -40,7 +42,11 @@ def load_dataset(
     samples, corrupt = load_samples(scan, seeded_order(list(scan.pairs), seed), count, warnings)
     if len(samples) < count:
         if len(samples) < 2:
-            raise DataError(f"{root}: fewer than 2 readable image/mask pairs; check the files")
+            raise DataError(
+                f"{root}: only {len(samples)} of {len(scan.pairs)} image/mask pairs decode, at "
+                f"least 2 are needed; {len(corrupt)} are corrupt, e.g. {corrupt[0]}: re-export "
+                "the files or add pairs"
+            )
         warn(warnings, f"{root}: only {len(samples)} readable pairs; using them all")
     return _assemble(
         name=root.resolve().name or str(root),
@@ -48,7 +54,7 @@ def load_dataset(
         samples=samples,
         num_classes=scan.num_classes,
         num_channels=scan.num_channels,
-        num_samples=len(scan.pairs) - corrupt,
+        num_samples=len(scan.pairs) - len(corrupt),
         seed=seed,
         val_fraction=val_fraction,
         warnings=warnings,

@@ -31,8 +31,21 @@ def check_split_options(num_images: int, val_fraction: float) -> None:
             f"num_images={num_images} is too small: at least 2 images are needed "
             "(one to train, one to validate)"
         )
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise DataError(f"val_fraction={val_fraction} must lie strictly between 0 and 1, e.g. 0.2")
+    if (
+        isinstance(val_fraction, bool)
+        or not isinstance(val_fraction, (int, float, np.integer, np.floating))
+        or not 0.0 < float(val_fraction) < 1.0
+    ):
+        raise DataError(
+            f"val_fraction={val_fraction!r} must be a number strictly between 0 and 1, e.g. 0.2"
+        )
+
+
+def check_seed(seed: int) -> None:
+    """Reject a seed numpy's generators cannot take (they refuse negative ones), here rather
+    than as a bare traceback from deep inside the split."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"seed={seed!r} must be an integer >= 0 (the data seed picks the split)")
 
 
 def seeded_order(stems: Sequence[str], seed: int) -> list[str]:
