@@ -222,3 +222,38 @@ def test_the_shortlist_probe_waits_for_a_probe_still_running() -> None:
     assert copy.order == [0, 1, 2] and copy.curves == opt.curves
     with pytest.raises(BenchError, match="probe_epochs"):
         ShortlistProbe(CONFIGS, 10, 0, [0], probe_epochs=10)
+
+
+def test_asha_ignores_diverged_results_at_a_milestone_as_rays_nanpercentile() -> None:
+    """Diverged results were recorded as -inf: with two of them at a rung the percentile was
+    NaN (-inf - -inf) and every later trial reaching that rung was stopped, whatever its score.
+    Ray's cutoff is ``np.nanpercentile`` over the recorded results."""
+    opt = ASHA(CONFIGS[:5], 10, seed=0)
+    scores = dict(zip(opt.order, [math.nan, math.nan, 0.6, 0.9, 0.3], strict=True))
+    steps = drive(opt, [[scores[t]] * 10 for t in range(5)])
+    epochs = {t: max(e for tt, e in steps if tt == t) for t in range(5)}
+    a, b, c, d, e = opt.order
+    # c: nothing finite recorded yet -> on; d: above the cutoff of {0.6} -> on; e: below -> stop
+    assert (epochs[a], epochs[b], epochs[c], epochs[d], epochs[e]) == (1, 1, 10, 10, 1)
+
+
+def test_hyperband_promotes_only_members_that_can_go_on() -> None:
+    """A member whose recording ended below the rung's epoch (``end``, as the replay does for a
+    short Meta-Album curve) was ranked by an earlier epoch's score and, in the top 1/eta,
+    promoted and then dropped: here the second bracket's 1 x 10 rung was left empty."""
+    curves = rising_curves(len(CONFIGS), seed=5)
+    opt = Hyperband(CONFIGS, 10, seed=0)
+    second = opt.order[9:14]  # the bracket 5 x 3 -> 1 x 10
+    short = second[0]
+    curves[short] = [0.99, 0.99]  # the best scores of its bracket, but recorded for 2 epochs
+    steps = []
+    while (decision := opt.ask()) is not None:
+        trial, epoch = decision.trial_id, decision.epoch
+        if epoch > len(curves[trial]):
+            opt.end(trial)
+        else:
+            opt.tell(trial, epoch, curves[trial][epoch - 1], 1.0)
+        steps.append((trial, epoch))
+    winner = max(second[1:], key=lambda t: curves[t][2])
+    assert (short, 3) in steps and (short, 4) not in steps
+    assert [e for t, e in steps if t == winner] == list(range(1, 11))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import qtt_ray.bench.replay as replay_module
+from qtt_ray.bench import BenchError
 from qtt_ray.bench.__main__ import main
 from qtt_ray.bench.clock import ClockRules, replay
 from qtt_ray.bench.methods import METHODS
@@ -118,6 +119,19 @@ def test_pool_budget_helpers() -> None:
     assert full_training_cost(runs, 10) == pytest.approx(np.median([100 + 10 * i
                                                                     for i in range(6)]))
     assert budget_label(60.0, False) == "60" and budget_label(0.25, True) == "0.25x"
+
+
+def test_budget_labels_are_exact_seconds_and_never_collide() -> None:
+    """results.json keys a budget by its label: ``{:g}`` gave "1e+06" for 1000000 s and the
+    same "1.23457e+06" for 1234567 and 1234568 s (one cell overwrote the other)."""
+    assert budget_label(1e6, False) == "1000000" and budget_label(90.5, False) == "90.5"
+    assert budget_label(1234567.0, False) != budget_label(1234568.0, False)
+    other = [Run(f"o{i}", "other", c, [0.5] * 3, [10.0] * 3) for i, c in enumerate(CONFIGS)]
+    meta = MetaDataset(SAM2_SPACE, pool() + other, {"d": {}, "other": {}})
+    settings = Settings(methods=["random"], budgets=[1234567.0, 1234568.0], seeds=[0],
+                        rules=ClockRules(count_decision_time=False))
+    summary = replay_module.summarise(run_dataset(meta, meta, "d", settings), settings)
+    assert list(summary["random"]) == ["1234567", "1234568"]
 
 
 def test_cli_smoke_run_on_the_sam2_curves(shared_dir: Path, tmp_path: Path, capsys) -> None:
@@ -249,3 +263,33 @@ def test_a_method_that_cannot_run_is_named_with_its_dataset(tmp_path: Path, caps
     err = capsys.readouterr().err.strip()
     assert "zero-shot-probe-2x1 on alpha (seed 0): ShortlistProbe" in err, err
     assert "leave the method out of --methods" in err and "\n" not in err
+
+
+class Scripted:
+    """Hands out a fixed list of decisions, whatever was told."""
+
+    def __init__(self, decisions: list[Decision]) -> None:
+        self.decisions = list(decisions)
+
+    def ask(self, remaining_s: float | None = None) -> Decision | None:
+        return self.decisions.pop(0) if self.decisions else None
+
+    def tell(self, trial_id: int, epoch: int, score: float, cost_s: float) -> None:
+        return None
+
+    def end(self, trial_id: int) -> None:
+        return None
+
+
+def test_the_clock_charges_by_its_own_account_of_trained_epochs() -> None:
+    """The clock took the searcher's word: a fresh trial asked at epoch 3 got epoch 3's score
+    for one epoch's cost, and a first epoch not flagged ``is_new`` was charged the resume
+    overhead instead of the start overhead."""
+    runs = pool()
+    rules = ClockRules(start_overhead_s=5.0, resume_overhead_s=100.0, count_decision_time=False)
+    unflagged = [Decision(0, CONFIGS[0], 1, False), Decision(1, CONFIGS[1], 1, False)]
+    trace = replay(lambda: Scripted(unflagged), runs, 1e9, rules)
+    assert trace.times == pytest.approx([10.0 + 5.0, 10.0 + 5.0 + 11.0 + 5.0])
+    skipping = [Decision(2, CONFIGS[2], 3, True)]
+    with pytest.raises(BenchError, match="epoch 3 of trial 2, which has 0 trained"):
+        replay(lambda: Scripted(skipping), runs, 1e9, rules)

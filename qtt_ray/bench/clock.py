@@ -3,7 +3,9 @@
 The clock is what a single GPU would see: each newly trained epoch advances it by the epoch's
 recorded cost, plus a start overhead for a fresh trial or a resume overhead when a paused trial
 is picked up again (continuing the trial trained just before costs nothing extra: it is still in
-memory). The searcher's own thinking (measured wall time of constructing it and of every
+memory). Fresh and paused are the clock's own account of the epochs it charged, and a recorded
+epoch other than the trial's next one is refused (it would buy one epoch's score for another's
+cost). The searcher's own thinking (measured wall time of constructing it and of every
 ask and tell) is added too, unless switched off, and is reported separately.
 
 An epoch beyond what was recorded for a run (some Meta-Album curves stop early) ends the trial
@@ -71,6 +73,7 @@ def replay(
     clock = setup_s if rules.count_decision_time else 0.0
     pending_decision = setup_s
     previous_trial: int | None = None
+    trained = [0] * len(pool)  # epochs per trial, by the clock's own account
     limit = sum(max(r.epochs, 1) + 1 for r in pool) + 10
     try:
         for _ in range(limit):
@@ -87,13 +90,24 @@ def replay(
             if not 0 <= decision.trial_id < len(pool):
                 raise BenchError(f"searcher asked for trial {decision.trial_id} outside the pool")
             run = pool[decision.trial_id]
+            done = trained[decision.trial_id]
+            # a recorded epoch other than the next one: one epoch's cost would buy another's
+            # score (asking past the recording's end again is harmless: it costs and scores
+            # nothing, and a searcher told NaN for it may count it as its own epoch)
+            if decision.epoch != done + 1 and decision.epoch <= run.epochs:
+                raise BenchError(
+                    f"searcher asked for epoch {decision.epoch} of trial {decision.trial_id}, "
+                    f"which has {done} trained; the replay trains one epoch at a time "
+                    f"(epoch {done + 1})"
+                )
             score, cost = _epoch(run, decision.epoch)
             if decision.epoch <= run.epochs:
-                if decision.is_new:
+                if done == 0:  # fresh, whatever the decision's is_new says
                     cost += rules.start_overhead_s
                 elif decision.trial_id != previous_trial:
                     cost += rules.resume_overhead_s
                 previous_trial = decision.trial_id
+                trained[decision.trial_id] = decision.epoch
             clock += cost
             trace.times.append(clock)
             trace.scores.append(score)

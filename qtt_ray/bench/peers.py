@@ -8,8 +8,8 @@ trains them epoch by epoch, so it is replayed on exactly the clock Quick-Tune is
   resumed to ``max_epochs`` in order of their epoch-1 score (a cheap fidelity-1 screen).
 - ``ASHA``: Ray Tune's ``AsyncHyperBandScheduler`` stopping rule (reduction factor 3, grace
   period 1, max_t = max_epochs: milestones 1, 3, 9): a trial reaching a milestone stops when its
-  score is below the (1 - 1/3) quantile of the scores recorded there so far; trials start in random
-  order and run until stopped.
+  score is below the (1 - 1/3) quantile of the finite scores recorded there so far (Ray's
+  ``np.nanpercentile``); trials start in random order and run until stopped.
 - ``Hyperband``: synchronous brackets with pause/resume (s = s_max .. 0, eta = 3): every member
   of a rung is trained to the rung's epoch, the top 1/eta are resumed to the next rung.
 - ``ZeroShot``: a random forest over (configuration encoding, meta-features) fitted on the other
@@ -199,9 +199,12 @@ class ASHA(PoolOptimizer):
         if epoch not in self.recorded:
             return
         recorded = self.recorded[epoch]
-        if recorded:
-            values = [v if math.isfinite(v) else -math.inf for v in recorded.values()]
-            cutoff = float(np.percentile(values, (1 - 1 / self.reduction_factor) * 100))
+        # Ray's cutoff is np.nanpercentile: diverged (NaN) results recorded at the rung do not
+        # count. Mapping them to -inf instead made the percentile NaN as soon as two of them
+        # bracketed it (-inf - -inf), and every later trial at that rung was stopped.
+        finite = [v for v in recorded.values() if math.isfinite(v)]
+        if finite:
+            cutoff = float(np.percentile(finite, (1 - 1 / self.reduction_factor) * 100))
             if not score >= cutoff:  # NaN scores stop too
                 self.stopped.add(trial)
         recorded[trial] = score
@@ -269,8 +272,11 @@ class Hyperband(PoolOptimizer):
             self.members = []
             return False
         keep = rungs[self.rung + 1][0]
-        ranked = sorted(self.members, key=lambda t: -self.last_score(t))
-        self.members = [t for t in ranked[:keep] if t not in self.stopped]
+        # only members that can go on compete for the promotions: a trial whose recording
+        # ended below the rung's epoch (Meta-Album) is ranked by an earlier epoch's score and,
+        # promoted, took a slot from the next-best member that could have used it
+        alive = [t for t in self.members if t not in self.stopped]
+        self.members = sorted(alive, key=lambda t: -self.last_score(t))[:keep]
         self.rung += 1
         return bool(self.members)
 

@@ -74,8 +74,10 @@ class Settings:
 
 
 def budget_label(budget: float, fraction: bool) -> str:
-    """"60" for 60 s, "0.25x" for a quarter of a full training."""
-    text = f"{budget:g}"
+    """"60" for 60 s, "0.25x" for a quarter of a full training: the shortest exact decimal,
+    never an exponent. ``{:g}`` wrote 1e+06 for 1000000 s and one label for 1234567 and
+    1234568 s, so one budget's results.json cell overwrote the other's."""
+    text = str(np.format_float_positional(float(budget), trim="-"))
     return f"{text}x" if fraction else text
 
 
