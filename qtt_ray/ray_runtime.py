@@ -6,6 +6,7 @@ before the model is built, so a bad path costs seconds, not a zero-shot evaluati
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -71,18 +72,72 @@ def check_storage(storage: str, experiment: str, source: str, fix: str,
 def plan_trials(args: argparse.Namespace) -> Any:
     """Each trial's Ray resources and the number running at once, from the cluster Ray sees
     (``--max-concurrent`` overrides the count)."""
-    from dataclasses import replace
+    from qtt_ray.trainables.settings import ray_nodes
 
-    from qtt_ray.trainables.settings import ray_nodes, trial_resources
-
+    gpus_per_trial, max_concurrent = resumed_plan_options(args)
     nodes = ray_nodes()
-    plan = trial_resources(nodes, args.gpus_per_trial)
+    plan = plan_for_nodes(nodes, gpus_per_trial, max_concurrent)
     if args.address and "gpu" not in plan.request and args.gpus_per_trial is None:
         print(f"{PROG}: the Ray cluster shows no GPU, so trials run on CPUs; on an autoscaling "
               "cluster pass --gpus-per-trial 1 to ask for GPU workers", file=sys.stderr)
-    if args.max_concurrent is not None:
-        plan = replace(plan, slots=int(args.max_concurrent))
+    if "gpu" not in plan.request:
+        cpus = sum(int(node.get("CPU", 0.0)) for node in nodes)
+        if plan.slots * plan.request["cpu"] > cpus:
+            print(f"{PROG}: warning: --max-concurrent {plan.slots}: the Ray cluster has {cpus} "
+                  f"CPU(s), so fewer CPU trials run at once; the others wait for a CPU",
+                  file=sys.stderr)
     return plan
+
+
+def resumed_plan_options(args: argparse.Namespace) -> tuple[float | None, int | None]:
+    """(``--gpus-per-trial``, ``--max-concurrent``) to plan with: on ``--resume`` the run's own
+    (run.json), unless given again.
+
+    ``--max-concurrent`` cannot change on resume and ``--gpus-per-trial`` is rarely repeated,
+    so they came back as defaults: a run started with ``--gpus-per-trial 0.5`` (two trials per
+    GPU) resumed asking a whole GPU per new trial, one trial at a time in its two slots, and
+    its new trials asked for other resources than the restored ones (no cached actor fits)."""
+    gpus_per_trial, max_concurrent = args.gpus_per_trial, args.max_concurrent
+    resume = getattr(args, "resume", None)
+    if resume is None:
+        return gpus_per_trial, max_concurrent
+    from qtt_ray.run_file import RUN_FILE
+
+    try:
+        saved = json.loads((Path(resume) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return gpus_per_trial, max_concurrent  # prepare() has said what is wrong with it
+    if gpus_per_trial is None and saved.get("gpus_per_trial") is not None:
+        gpus_per_trial = float(saved["gpus_per_trial"])
+    if max_concurrent is None and saved.get("slots") is not None:
+        max_concurrent = int(saved["slots"])
+    return gpus_per_trial, max_concurrent
+
+
+def plan_for_nodes(nodes: list[dict[str, float]], gpus_per_trial: float | None,
+                   max_concurrent: int | None) -> Any:
+    """``trial_resources`` with ``--max-concurrent`` trials at once.
+
+    A CPU trial asks for every core of a node by default, so a second one never fit: with
+    ``--max-concurrent 2`` on one machine the controller handed out two decisions while Ray ran
+    one trial at a time (the other waited, decided an epoch early, and could start after the
+    deadline it was decided for; results.json halved the training seconds per slot). CPU trials
+    therefore get the most cores that let ``max_concurrent`` of them run at once (at least 1).
+    GPU trials keep their share: an autoscaling cluster shows its GPUs only once trials ask."""
+    from dataclasses import replace
+
+    from qtt_ray.trainables.settings import trial_resources
+
+    plan = trial_resources(nodes, gpus_per_trial)
+    if max_concurrent is None:
+        return plan
+    slots = int(max_concurrent)
+    if "gpu" not in plan.request and plan.slots < slots:
+        per_trial = int(plan.request["cpu"])
+        while per_trial > 1 and trial_resources(nodes, gpus_per_trial, per_trial).slots < slots:
+            per_trial -= 1
+        plan = trial_resources(nodes, gpus_per_trial, per_trial)
+    return replace(plan, slots=slots)
 
 
 class CtrlCNoise(logging.Filter):

@@ -130,3 +130,37 @@ def test_tuning_stopper_combines_the_epoch_limit_and_the_budget() -> None:
     assert both("t", {"training_iteration": 2, "epoch_s": 1.0}) is False
     with pytest.raises(ValueError, match="unsupported stop criteria"):
         tuning_stopper({"iou": 0.9}, 60.0)
+
+
+def test_a_catch_up_epoch_after_resume_starts_the_budget() -> None:
+    """After ``--resume`` a trial may restart from a checkpoint older than what the policy was
+    told and re-train an epoch untold (``continue``). That step starts the budget, as it starts
+    the budget stopper's and the recorder's clocks: the controller's clock stood still and gave
+    the resumed run that epoch (and all before it) on top, so the backstop stopper, counting
+    from it, ended the run while the controller still planned epochs."""
+    from qtt_ray.bench.peers import RandomFull
+    from qtt_ray.searchers import FreezeThawController
+    from qtt_ray.space import SAM2_SPACE
+
+    configs = SAM2_SPACE.sample_many(3, seed=3)
+
+    def controller() -> FreezeThawController:
+        return FreezeThawController(lambda: RandomFull(configs, 10, 0), slots=1,
+                                    clock=WallClock(1000.0))
+
+    first = controller()
+    first.start_new("a")
+    for epoch in (1, 2):
+        if epoch > 1:
+            assert first.start_resume(lambda ray_id: True) == "a"
+        result = {"iou": 0.1 * epoch, "epoch_s": 1.0, "training_iteration": epoch}
+        assert first.on_result("a", result) == "pause"
+    resumed = controller()
+    resumed.load_state_dict(first.state_dict())  # Tuner.restore: the searcher's saved state
+    spent = resumed.clock.elapsed()
+    assert resumed.start_resume(lambda ray_id: True) == "a"  # epoch 3 decided again
+    # the trial restarted from its epoch-1 checkpoint: epoch 2 again, untold
+    catch_up = {"iou": 0.2, "epoch_s": 40.0, "training_iteration": 2}
+    assert resumed.on_result("a", catch_up) == "continue"
+    assert resumed.clock.elapsed() >= spent + 40.0
+    assert sum(len(curve) for curve in resumed.policy.curves) == 2  # the catch-up: untold

@@ -140,7 +140,7 @@ class FreezeThawController:
             self.finish()
             return
         started = time.perf_counter()
-        decision = self.policy.ask(remaining)
+        decision = self._ask(remaining)
         self.decision_s.append(time.perf_counter() - started)
         if decision is None:
             self._stale = False
@@ -148,19 +148,30 @@ class FreezeThawController:
                 self.finish()
             return
         ray_id = self._ray_of.get(decision.trial_id)
-        if ray_id is not None and ray_id in self._closed:
-            # A trial Ray can no longer run (it failed): give the decision back and wait for
-            # news instead of asking the same question in a tight loop.
-            self.policy.release(decision.trial_id)
-            self._stale = False
-            if not self._in_flight:
-                self.finish()
-            return
         self.history.append((decision.trial_id, decision.epoch))
         if ray_id is None:
             self._awaiting_new = decision
         else:
             self._awaiting_resume[ray_id] = decision
+
+    def _ask(self, remaining: float | None) -> Decision | None:
+        """The policy's pick among the trials Ray can still run.
+
+        A trial Ray closed (it failed, e.g. its pause checkpoint could not be saved) is ended
+        in the policy (``on_closed``); a pick of one all the same (a state saved before it was
+        ended) is given back and ended, and the policy asked again. Giving it back alone made
+        the policy pick it again and again: the search finished with budget and paused trials
+        left."""
+        for _ in range(len(self._closed) + 1):
+            decision = self.policy.ask(remaining)
+            if decision is None:
+                return None
+            ray_id = self._ray_of.get(decision.trial_id)
+            if ray_id is None or ray_id not in self._closed:
+                return decision
+            self.policy.release(decision.trial_id)
+            _end_quietly(self.policy, decision.trial_id)
+        return None
 
     def start_new(self, ray_trial_id: str) -> Decision | None:
         """For ``Searcher.suggest``: the new configuration the policy wants, bound to the id."""
@@ -200,6 +211,11 @@ class FreezeThawController:
         A diverged epoch (``diverged`` true, the score NaN) is told to the policy as a bad score
         and stops the trial.
         """
+        cost = _number(result.get(self.cost_key))
+        cost = 0.0 if math.isnan(cost) else cost
+        # any step starts the budget, also one the policy is not told (a catch-up epoch after
+        # --resume): the budget stopper and the recorder count from it too
+        self.clock.step_reported(cost)
         decision = self._in_flight.get(ray_trial_id)
         iteration = result.get("training_iteration")
         if decision is not None and iteration is not None and int(iteration) < decision.epoch:
@@ -210,9 +226,6 @@ class FreezeThawController:
             self._closed.add(ray_trial_id)
             return "stop"
         score = _number(result.get(self.metric))
-        cost = _number(result.get(self.cost_key))
-        cost = 0.0 if math.isnan(cost) else cost
-        self.clock.step_reported(cost)
         self.policy.tell(decision.trial_id, decision.epoch, score, cost)
         self.clock.advance(cost)
         self._epochs[ray_trial_id] = decision.epoch
@@ -257,11 +270,14 @@ class FreezeThawController:
         (QuickTunePolicy) or ``is_finished(trial_id) -> bool``. Without them a trial the policy
         abandons stays paused until the end of the search.
         """
+        return self._policy_done_with(decision.trial_id)
+
+    def _policy_done_with(self, policy_trial_id: int) -> bool:
         stop_reason = getattr(self.policy, "stop_reason", None)
         if callable(stop_reason):
-            return stop_reason(decision.trial_id) is not None
+            return stop_reason(policy_trial_id) is not None
         is_finished = getattr(self.policy, "is_finished", None)
-        return bool(is_finished(decision.trial_id)) if callable(is_finished) else False
+        return bool(is_finished(policy_trial_id)) if callable(is_finished) else False
 
     def on_closed(
         self, ray_trial_id: str, error: bool = False, result: dict[str, Any] | None = None
@@ -285,8 +301,13 @@ class FreezeThawController:
         pending = self._awaiting_resume.pop(ray_trial_id, None)
         if pending is not None:
             self.policy.release(pending.trial_id)
-        if ray_trial_id in self._policy_of:
+        policy_trial = self._policy_of.get(ray_trial_id)
+        if policy_trial is not None:
             self._closed.add(ray_trial_id)
+            if not self._policy_done_with(policy_trial):
+                # e.g. failed while paused (its pause checkpoint could not be saved): Ray will
+                # not run it again, so the policy must not pick it again
+                _end_quietly(self.policy, policy_trial)
         self._observed_busy = max(0, self._observed_busy - 1)
         self._stale = True
 
@@ -408,6 +429,14 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def _end_quietly(policy: Optimizer, policy_trial_id: int) -> None:
+    """End a trial in the policy (no observation); a policy that refuses is logged."""
+    try:
+        policy.end(policy_trial_id)
+    except (KeyError, ValueError) as err:
+        log.warning("policy could not end trial %s: %s", policy_trial_id, err)
 
 
 def _release_quietly(policy: Optimizer, policy_trial_id: int) -> None:

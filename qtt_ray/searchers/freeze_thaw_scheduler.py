@@ -29,6 +29,8 @@ class FreezeThawScheduler(TrialScheduler):
         return True
 
     def on_trial_add(self, tune_controller: Any, trial: Trial) -> None:
+        # seen before: Tune requeues a trial that failed and will be retried (_requeue_trial)
+        requeued = self._trials.get(trial.trial_id) is trial
         self._trials[trial.trial_id] = trial
         if trial.status != Trial.PENDING:
             return
@@ -44,10 +46,25 @@ class FreezeThawScheduler(TrialScheduler):
         # Tuner.restore re-queues paused trials as PENDING, which Tune would start all at once
         # and without asking anyone. Before Tune files the trial by its status, put it back to
         # PAUSED (the policy resumes it) or TERMINATED (the policy no longer knows it).
-        if self.controller.is_paused(trial.trial_id):
+        if requeued:
+            self._requeued_untold(tune_controller, trial)
+        elif self.controller.is_paused(trial.trial_id):
             trial.set_status(Trial.PAUSED)
         else:
             trial.set_status(Trial.TERMINATED)
+
+    def _requeued_untold(self, tune_controller: Any, trial: Trial) -> None:
+        """A trial that failed after its epoch was told (its pause checkpoint could not be
+        saved, or its actor died while saving) and that Tune retries: it waits PAUSED for the
+        policy, which resumes it from its previous checkpoint (the epoch is re-trained untold).
+
+        Tune filed the trial as PENDING before this call, so its status must change through
+        Tune's own bookkeeping: set directly (as for a restored trial), Tune's next start of it
+        failed an assertion and ended the whole run (Ray 2.60, ``_set_trial_status``)."""
+        if self.controller.is_paused(trial.trial_id):
+            tune_controller._set_trial_status(trial, Trial.PAUSED)
+        else:  # the policy is done with it: end it as Tune ends a trial
+            tune_controller.stop_trial(trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         verdict = self.controller.on_result(trial.trial_id, result)

@@ -10,6 +10,8 @@ reports NaN at no cost (the recorded run ended there), like the replay benchmark
 Fault injection, for the fault-tolerance tests and benchmarks (hidden ``_fault_*`` config keys,
 never set by a searcher): at epoch ``_fault_epoch`` the step raises (``raise``), kills its own
 process (``exit``, like a lost node or a killed actor) or diverges (``nan``: NaN from there on);
+``save`` makes saving the checkpoint after epoch ``_fault_epoch`` raise instead (a full disk, an
+actor lost while it saves: the epoch was reported, its checkpoint is missing);
 ``_fault_times`` bounds how often it strikes across retries, counted in files under
 ``_fault_dir`` because a retried trial may run in a fresh process.
 """
@@ -35,10 +37,10 @@ from qtt_ray.trainables.process import process_metrics
 
 RUN_ID_KEY = "_run_id"
 FAULT_EPOCH_KEY = "_fault_epoch"
-FAULT_KIND_KEY = "_fault_kind"  # raise | exit | nan
+FAULT_KIND_KEY = "_fault_kind"  # raise | exit | nan | save
 FAULT_TIMES_KEY = "_fault_times"
 FAULT_DIR_KEY = "_fault_dir"
-FAULT_KINDS = ("raise", "exit", "nan")
+FAULT_KINDS = ("raise", "exit", "nan", "save")
 _STATE_FILE = "replay_state.json"
 
 
@@ -142,10 +144,11 @@ class ReplayTrainable(tune.Trainable):
             score, cost = float("nan"), 0.0
         if self._time_scale > 0:
             time.sleep(cost * self._time_scale / 2)
-        if self._fault is not None and self._fault.strikes(self._run_id, self._epoch + 1):
-            if self._fault.kind == "raise":
+        fault = self._fault if self._fault is not None and self._fault.kind != "save" else None
+        if fault is not None and fault.strikes(self._run_id, self._epoch + 1):
+            if fault.kind == "raise":
                 raise InjectedFault(f"injected fault in epoch {self._epoch + 1}")
-            if self._fault.kind == "exit":
+            if fault.kind == "exit":
                 os._exit(17)  # the actor process dies mid-epoch, like a lost node
             score = float("nan")
         self._epoch += 1
@@ -166,6 +169,10 @@ class ReplayTrainable(tune.Trainable):
         }
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
+        fault = self._fault
+        if fault is not None and fault.kind == "save" and fault.strikes(self._run_id,
+                                                                        self._epoch):
+            raise InjectedFault(f"injected fault saving the checkpoint of epoch {self._epoch}")
         state = {"run_id": self._run_id, "epoch": self._epoch}
         Path(checkpoint_dir, _STATE_FILE).write_text(json.dumps(state))
         write_manifest(checkpoint_dir, [_STATE_FILE])
