@@ -159,13 +159,32 @@ class CtrlCNoise(logging.Filter):
         return not (self.stopping and message.startswith("Trials did not complete"))
 
 
+class SlowStepNoise(logging.Filter):
+    """Drops Ray Tune's "The `process_trial_result` operation took 0.6 s, which may be a
+    performance bottleneck. Please consider reporting results less frequently": here a result
+    is one epoch by design, and handling it includes the searcher's decision (conditioning the
+    GP, waiting for its adaptation), which results.json and the final table already count as
+    overhead. On a busy driver it came three lines at a time, between the progress lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "may be a performance bottleneck" not in record.getMessage()
+
+
+SLOW_STEP_LOGGERS = ("ray.tune.utils.util", "ray.tune.execution.tune_controller")
+
+
 def quiet_ray_logs() -> None:
     """Our own lines say what a user needs; Ray's that only repeat it (or advise Ray's API
-    instead of our options) are dropped: the Ctrl-C noise above, and the note that token
-    authentication is on, printed at every start of a local Ray (README's Security says it)."""
+    instead of our options) are dropped: the Ctrl-C noise and the slow-step advice above, and
+    the note that token authentication is on, printed at every start of a local Ray (README's
+    Security says it)."""
     tune_logger = logging.getLogger("ray.tune.tune")
     if not any(isinstance(f, CtrlCNoise) for f in tune_logger.filters):
         tune_logger.addFilter(CtrlCNoise())
+    for name in SLOW_STEP_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, SlowStepNoise) for f in logger.filters):
+            logger.addFilter(SlowStepNoise())
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
         logging.ERROR)
 
