@@ -74,3 +74,14 @@ def test_reachable_epochs_counts_affordable_epochs_capped_by_the_curve_end() -> 
     assert reachable_epochs(done, epoch_s, None, 10).tolist() == [10, 10, 3, 1]  # no budget
     assert reachable_epochs(done, epoch_s, 5.0, 10).tolist() == [1, 1, 1, 1]  # at least one
     assert reachable_epochs(done, epoch_s, -1.0, 10).tolist() == [1, 1, 1, 1]
+
+
+def test_select_never_picks_a_nan_acquisition_or_a_nan_cost() -> None:
+    """np.argmax/argmin treat NaN as the extreme: a NaN prediction must not win the pick."""
+    assert select(np.array([0.1, np.nan, 0.05]), np.zeros(3), np.ones(3), None) == 0
+    # EI all ~0: the improvement decides, and a NaN improvement does not win either
+    assert select(np.zeros(3), np.array([-0.3, np.nan, -0.1]), np.ones(3), None) == 2
+    # nothing fits: the cheapest known cost, not a NaN one
+    assert select(np.ones(3), np.zeros(3), np.array([np.nan, 5.0, 4.0]), 1.0) == 2
+    # NaN everywhere but one fitting candidate: that one
+    assert select(np.array([np.nan, np.nan]), np.array([np.nan, 0.1]), np.ones(2), None) == 1

@@ -75,13 +75,17 @@ def select(
     cost_s: np.ndarray,
     remaining_s: float | None,
 ) -> int:
-    """Index of the chosen candidate (see the module docstring for the rules)."""
+    """Index of the chosen candidate (see the module docstring for the rules).
+
+    NaN values (a diverged prediction) never win: argmax/argmin would take them as the extreme.
+    """
+    cost_s = np.asarray(cost_s, dtype=np.float64)
     fits = np.ones(acquisition.shape[0], dtype=bool)
     if remaining_s is not None:
         fits = cost_s <= remaining_s
         if not fits.any():
-            return int(np.argmin(cost_s))
-    scores = np.where(fits, acquisition, -np.inf)
+            return int(np.argmin(np.where(np.isnan(cost_s), np.inf, cost_s)))
+    scores = np.where(fits & ~np.isnan(acquisition), acquisition, -np.inf)
     if scores.max() <= 1e-12:
-        scores = np.where(fits, improvement, -np.inf)
+        scores = np.where(fits & ~np.isnan(improvement), improvement, -np.inf)
     return int(np.argmax(scores))

@@ -28,6 +28,7 @@ from qtt_ray.core.forest import ZeroShotForest, forest_inputs
 from qtt_ray.core.performance import PerformancePredictor
 from qtt_ray.core.predictors import Predictors
 from qtt_ray.core.samples import DatasetArrays, dataset_arrays, draw_pairs, pair_inputs
+from qtt_ray.core.seeding import seeded
 from qtt_ray.core.threads import torch_threads
 from qtt_ray.meta.dataset import MetaDataset
 
@@ -188,9 +189,7 @@ def _train_performance(
         for data in val
         for _ in range(settings.val_batches)
     ]
-    predictor.initialise_hyperparameters(
-        float(np.mean([d.scores[d.scores > 0].mean() for d in train]))
-    )
+    predictor.initialise_hyperparameters(initial_score_mean(train))
     optimizer = torch.optim.AdamW(
         predictor.parameter_groups(settings.lr, settings.head_lr),
         weight_decay=settings.weight_decay,
@@ -199,8 +198,7 @@ def _train_performance(
     weights /= weights.sum()
     best = (math.inf, predictor.state_dict(), 0)
     bad_evals, step, start = 0, 0, time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):  # the lock: a policy's background adaptation seeds the same generator
         for step in range(1, settings.max_steps + 1):
             data = train[int(rng.choice(len(train), p=weights))]
             x, y = pair_inputs(spec, data, *draw_pairs(data.lengths, settings.batch_size, rng))
@@ -209,7 +207,8 @@ def _train_performance(
             loss.backward()
             optimizer.step()
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
-            if step % settings.eval_every and not out_of_time:
+            final_step = step == settings.max_steps  # else steps after the last eval are lost
+            if step % settings.eval_every and not (out_of_time or final_step):
                 continue
             if not val_sets:
                 best = (loss.item(), predictor.state_dict(), step)
@@ -234,6 +233,14 @@ def _train_performance(
     predictor.load_state_dict(best[1])
     predictor.condition(None, None)
     return predictor, {"steps": step, "best_step": best[2], "val_loss": round(best[0], 4)}
+
+
+def initial_score_mean(train: list[DatasetArrays]) -> float:
+    """The GP mean's starting constant: the mean over datasets of each one's mean positive
+    score. A dataset whose runs all diverged (every score BAD_SCORE) has none and is skipped:
+    its empty mean was NaN and made meta-training fail."""
+    levels = [float(d.scores[d.scores > 0].mean()) for d in train if (d.scores > 0).any()]
+    return float(np.mean(levels)) if levels else 0.5
 
 
 def run_best_scores(data: DatasetArrays) -> np.ndarray:
@@ -279,8 +286,7 @@ def _train_prior(
     optimizer = torch.optim.AdamW(
         prior.parameters(), lr=settings.prior_lr, weight_decay=settings.prior_weight_decay
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed + 13)
+    with seeded(seed + 13):
         prior.train()
         for _ in range(settings.prior_steps):
             optimizer.zero_grad()
@@ -348,16 +354,21 @@ def _train_cost(
     centred = (y - levels[np.searchsorted(present, owner)]) / log_std
     target = torch.as_tensor(centred)
     inputs = torch.as_tensor(np.delete(x, np.s_[spec.config_width : -1], axis=1))
+    has_val_rows = False
     if val:
         vx, vy, v_owner = _cost_rows(spec, val, settings.cost_max_rows, rng)
-        v_levels = np.array([vy[v_owner == k].mean() for k in range(len(val))])
+        # no validation row (no positive cost recorded): the training loss decides, as without
+        # validation datasets; a NaN validation loss would never beat the untrained network
+        has_val_rows = vx.shape[0] > 0
+        v_levels = np.zeros(len(val))
+        for k in np.unique(v_owner).tolist():
+            v_levels[k] = vy[v_owner == k].mean()
         val_x = torch.as_tensor(np.delete(vx, np.s_[spec.config_width : -1], axis=1))
         val_y = torch.as_tensor((vy - v_levels[v_owner]) / log_std)
     optimizer = torch.optim.AdamW(network.net.parameters(), lr=3e-3, weight_decay=1e-4)
     best = (math.inf, predictor.state_dict(), 0)
     bad_evals, step, start = 0, 0, time.perf_counter()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with seeded(seed):
         for step in range(1, settings.cost_max_steps + 1):
             network.train()
             idx = torch.as_tensor(rng.integers(0, inputs.shape[0], size=settings.cost_batch_size))
@@ -366,13 +377,14 @@ def _train_cost(
             loss.backward()
             optimizer.step()
             out_of_time = max_seconds is not None and time.perf_counter() - start > max_seconds
-            if step % settings.eval_every and not out_of_time:
+            final_step = step == settings.cost_max_steps
+            if step % settings.eval_every and not (out_of_time or final_step):
                 continue
             network.eval()
             with torch.no_grad():  # validation: the within-dataset part only (level is fixed)
                 score = (
                     float(torch.mean((network.config_effect(val_x) - val_y) ** 2))
-                    if val
+                    if has_val_rows
                     else loss.item()
                 )
             if verbose:
