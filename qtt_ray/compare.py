@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +29,8 @@ from qtt_ray.results import (
 
 PROG = "python -m qtt_ray.compare"
 RUN_FILE = "run.json"  # written by qtt_ray.tune at the start, results.json only at the end
+DATABASE = "mlflow.db"  # qtt_ray.tune's default tracking store in a run folder
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 Timeline = list[tuple[float, float]]
 
 
@@ -85,8 +90,16 @@ def plot_best_over_time(curves: dict[str, Timeline], path: str | Path,
 def rows_from_folders(root: Path) -> list[Row]:
     """One row per run folder directly inside ``root`` (one level, not deeper). A folder that
     cannot be read is skipped with one line saying why, so the others still compare."""
+    if root.is_file():
+        raise CliError(f"--output-root {root}: a file, not a folder; pass the folder holding "
+                       "run folders")
     if not root.is_dir():
         raise CliError(f"--output-root {root}: no such folder; pass the folder holding run folders")
+    if (root / RESULTS_FILE).is_file() or (root / RUN_FILE).is_file():
+        # its subfolders (best/, ray/, mlartifacts/) are no runs: "no experiments found"
+        # sent the user to run qtt_ray.tune again
+        raise CliError(f"--output-root {root}: this is one run's folder; pass the folder "
+                       f"holding run folders, e.g. --output-root {root.resolve().parent}")
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         path = folder / RESULTS_FILE
@@ -141,7 +154,8 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
     if found is None:
         raise CliError(f"--mlflow-uri {uri}: no experiment {experiment!r}; run qtt_ray.tune first")
     runs = client.search_runs([found.experiment_id], "tags.searcher != ''", max_results=1000)
-    rows = []
+    rows: list[Row] = []
+    ids: list[str] = []
     for run in runs:
         if "mlflow.parentRunId" in run.data.tags:
             continue  # a trial's child run
@@ -151,7 +165,10 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
             timeline = [(float(m.step), float(m.value)) for m in history]
         metrics, tags = run.data.metrics, run.data.tags
         size = tags.get("image_size")
-        name = run.info.run_name or run.info.run_id
+        # the run folder's name, as the folder view shows it: the run name is
+        # searcher-dataset, the same for every such run in a shared store
+        output = tags.get("output")
+        name = Path(output).name if output else (run.info.run_name or run.info.run_id)
         if run.info.status != "FINISHED":  # interrupted (KILLED), running or failed: say so
             name = f"{name} [{run.info.status.lower()}]"
         rows.append(Row(name, tags.get("searcher", "?"),
@@ -160,6 +177,17 @@ def rows_from_mlflow(uri: str, experiment: str) -> list[Row]:
                         float(tags.get("budget_s", "nan")),
                         metrics.get("zero_shot_iou"), metrics.get("best_iou"),
                         time_to_fraction(timeline), timeline))
+        ids.append(run.info.run_id)
+    return _unique_names(rows, ids)
+
+
+def _unique_names(rows: list[Row], ids: list[str]) -> list[Row]:
+    """Rows that share a name get their MLflow run id's start: in the table they could not be
+    told apart, and in the plot (one curve per name) all but one were lost."""
+    names = [row.name for row in rows]
+    for row, run_id in zip(rows, ids, strict=True):
+        if names.count(row.name) > 1:
+            row.name = f"{row.name} ({run_id[:8]})"
     return rows
 
 
@@ -169,12 +197,27 @@ def _timeline_from_artifact(client, run_id: str) -> Timeline | None:  # noqa: AN
     import tempfile
 
     try:
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder, _no_progress_bar():
             path = client.download_artifacts(run_id, RESULTS_FILE, folder)
             saved = parse_timeline(read_results(Path(path)).extra.get(EXTRA_TIMELINE))
     except Exception:  # no artifact, unreachable store, foreign file: use the metric instead
         return None
     return saved or None
+
+
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """MLflow draws a "Downloading artifacts" bar per download on stderr: one per run, between
+    the table and the skip notes. Off while we download, as it was before."""
+    before = os.environ.get(PROGRESS_BAR_ENV)
+    os.environ[PROGRESS_BAR_ENV] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PROGRESS_BAR_ENV, None)
+        else:
+            os.environ[PROGRESS_BAR_ENV] = before
 
 
 def check_store_exists(uri: str) -> None:
@@ -197,6 +240,12 @@ def check_store_exists(uri: str) -> None:
             "sqlite:////abs/path/runs/RUN/mlflow.db (three slashes, then the absolute path) "
             "or http://host:5000"
         )
+    database = Path(where) / DATABASE if Path(where).is_dir() else Path(where)
+    if "://" not in uri and database.is_file():
+        # a run folder or its mlflow.db as a bare path: MLflow read it as a file store and
+        # failed with a paragraph about that store's maintenance mode
+        raise CliError(f"--mlflow-uri {uri}: a database is read through sqlite; pass "
+                       f"--mlflow-uri sqlite:///{database.resolve()}")
 
 
 def short_model(name: str) -> str:
@@ -230,14 +279,28 @@ def compare_main(args: argparse.Namespace) -> int:
     if not rows:
         raise CliError("no experiments found; run `python -m qtt_ray.tune` first")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out}: a file, not a folder; pass a folder for comparison.json "
+                       "and comparison.png")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file of that name, a read-only place: one line, no traceback
+        raise CliError(f"--out {out}: cannot create that folder ({err.strerror or err}); "
+                       "pass another --out") from err
     print_rows(rows)
-    data = [{k: v for k, v in asdict(r).items() if k != "timeline"} for r in rows]
-    (out / "comparison.json").write_text(json.dumps(data, indent=2))
+    data = [{k: _json_number(v) for k, v in asdict(r).items() if k != "timeline"}
+            for r in rows]
+    # strict JSON: NaN (a run without a best IoU) is no JSON, and jq or a browser refuse it
+    (out / "comparison.json").write_text(json.dumps(data, indent=2, allow_nan=False))
     plot = plot_best_over_time({f"{r.name} ({r.searcher})": r.timeline for r in rows},
                                out / "comparison.png")
     print(f"\nwrote {out / 'comparison.json'} and {plot}")
     return 0
+
+
+def _json_number(value: object) -> object:
+    """A number that JSON cannot hold (NaN, infinity) as null, as results.json writes it."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def build_parser() -> argparse.ArgumentParser:

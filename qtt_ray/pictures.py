@@ -135,16 +135,15 @@ def adapter_validation_grid(
 def best_iou_plot(results: Results, path: str | Path) -> Path:
     """Best IoU so far over seconds (when results.json holds the timeline) beside every
     trial's IoU per epoch; the zero-shot IoU is a dashed line in both."""
-    timeline = [(float(t), float(v)) for t, v in results.extra.get(TIMELINE_KEY, []) or []]
+    timeline = _timeline(results)
     panels = 2 if timeline else 1
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), squeeze=False)
     zero = results.zero_shot_iou
     if timeline:
         axis = axes[0][0]
-        seconds = [0.0] + [t for t, _ in timeline] + [max(results.elapsed_s, timeline[-1][0])]
-        start = zero if zero is not None and math.isfinite(zero) else timeline[0][1]
-        best = [start] + [v for _, v in timeline] + [timeline[-1][1]]
+        seconds, best = best_so_far_steps(results)
         axis.step(seconds, best, where="post", color="C0", label="best so far")
+        axis.set_xlim(left=0.0)
         axis.axvline(results.budget_s, color="grey", linestyle=":", linewidth=1, label="budget")
         _zero_line(axis, zero)
         axis.set(xlabel="seconds of tuning", ylabel="validation IoU", title="Best IoU over time")
@@ -161,10 +160,40 @@ def best_iou_plot(results: Results, path: str | Path) -> Path:
                   label=f"{trial.trial_id} (best)" if best_trial else None)
     _zero_line(axis, zero)
     axis.set(xlabel="epoch", ylabel="validation IoU", title=f"{len(results.trials)} trials")
+    empty = no_curve_reason(results)
+    if empty:  # an empty panel with a meaningless axis said nothing about why
+        axis.text(0.5, 0.7, empty, transform=axis.transAxes, ha="center", va="center",
+                  fontsize=9, bbox={"facecolor": "white", "edgecolor": "none"})
+        axis.set_xticks([])
     if any(t.trial_id == results.best_trial for t in results.trials) or zero is not None:
         axis.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def best_so_far_steps(results: Results) -> tuple[list[float], list[float]]:
+    """The step line's (seconds, best IoU) points: from the first result on (before it no
+    trial had a best; starting the line at the zero-shot IoU made a "best so far" that fell
+    when the first epoch scored below it), held to the end of tuning."""
+    timeline = _timeline(results)
+    if not timeline:
+        return [], []
+    seconds = [t for t, _ in timeline] + [max(results.elapsed_s, timeline[-1][0])]
+    return seconds, [v for _, v in timeline] + [timeline[-1][1]]
+
+
+def _timeline(results: Results) -> list[tuple[float, float]]:
+    return [(float(t), float(v)) for t, v in results.extra.get(TIMELINE_KEY, []) or []]
+
+
+def no_curve_reason(results: Results) -> str | None:
+    """Why the per-trial panel has no point to draw, or None when it has some."""
+    epochs = sum(t.epochs for t in results.trials)
+    if epochs == 0:
+        return "no trial finished an epoch"
+    if not any(math.isfinite(v) for t in results.trials for v in t.iou):
+        return f"all {epochs} epochs diverged (NaN IoU)"
+    return None
 
 
 def _zero_line(axis: plt.Axes, zero: float | None) -> None:

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeGuard
 
 from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
 from qtt_ray.results import (
+    EXTRA_ADAPTER,
+    EXTRA_ADAPTER_EPOCH,
+    EXTRA_ADAPTER_IOU,
+    EXTRA_CLASSES,
     EXTRA_INTERRUPTIONS,
     EXTRA_PREDICTORS,
     EXTRA_SPLIT,
@@ -29,6 +34,8 @@ TRIAL_ROWS = 20
 STEMS_LISTED = 20  # validation image names shown; all of them are in results.json
 NOT_BETTER = ("tuning did not beat zero-shot SAM2 on the validation images; the base model is "
               "at least as good here")
+ALL_DIVERGED = ("every epoch of every trial diverged (NaN IoU): there is no tuned model, "
+                "zero-shot SAM2 is what this run leaves")
 
 
 def write_report(output_dir: str | Path) -> Path:
@@ -37,12 +44,14 @@ def write_report(output_dir: str | Path) -> Path:
     results = read_results(folder / RESULTS_FILE)
     best_iou_plot(results, folder / PLOT_FILE)
     path = folder / REPORT_FILE
-    path.write_text(render_report(results, has_grid=(folder / GRID_FILE).is_file()))
+    path.write_text(render_report(results, has_grid=(folder / GRID_FILE).is_file(),
+                                  run_dir=folder.resolve()))
     return path
 
 
-def render_report(results: Results, has_grid: bool = False) -> str:
-    """The Markdown text of the report (pictures referenced by relative file name)."""
+def render_report(results: Results, has_grid: bool = False, run_dir: Path | None = None) -> str:
+    """The Markdown text of the report (pictures referenced by relative file name; ``run_dir``
+    is the run folder the commands in "Using the tuned model" name)."""
     lines = [f"# qtt-ray: {results.dataset}", ""]
     lines += _summary(results)
     lines += _verdict(results)
@@ -55,6 +64,7 @@ def render_report(results: Results, has_grid: bool = False) -> str:
                   f"![validation predictions]({GRID_FILE})", ""]
     lines += ["## Best configuration", ""]
     lines += _best_config(results)
+    lines += _usage(results, run_dir)
     lines += ["", "## Where the time went", ""]
     lines += _time_table(results)
     lines += ["", "## Trials", ""]
@@ -75,6 +85,7 @@ def _summary(results: Results) -> list[str]:
         ("trials", str(len(results.trials))),
         ("epochs trained", str(epochs)),
         *_count_rows(results),
+        *_class_row(results),
         ("searcher", results.searcher),
         *_predictors_row(results),
         ("model", results.model),
@@ -100,6 +111,21 @@ def _count_rows(results: Results) -> list[tuple[str, str]]:
             ("validation images", str(extra["num_val"]))]
 
 
+def _class_row(results: Results) -> list[tuple[str, str]]:
+    """A multiclass run's classes: its IoU is their mean, which the reader must know."""
+    classes = results.extra.get(EXTRA_CLASSES)
+    if not isinstance(classes, list) or len(classes) < 2:
+        return []
+    ids = ", ".join(str(c) for c in classes)
+    return [("classes", f"{ids} (IoU: the mean over the classes)")]
+
+
+def _diverged(results: Results) -> bool:
+    """Epochs were trained but none of them scored a finite IoU."""
+    return any(t.epochs for t in results.trials) and not any(
+        _finite(v) for t in results.trials for v in t.iou)
+
+
 def _verdict(results: Results) -> list[str]:
     """Sentences the table alone leaves to the reader: tuning did not help, or the run was
     interrupted and resumed."""
@@ -107,6 +133,8 @@ def _verdict(results: Results) -> list[str]:
     zero, best = results.zero_shot_iou, results.best_iou
     if _finite(zero) and _finite(best) and best <= zero:
         lines.append(f"Note: {NOT_BETTER}.")
+    if _diverged(results):
+        lines.append(f"Note: {ALL_DIVERGED}.")
     interruptions = _int(results.extra.get(EXTRA_INTERRUPTIONS))
     if interruptions:
         times = "once" if interruptions == 1 else f"{interruptions} times"
@@ -159,15 +187,51 @@ def _base_rows(results: Results) -> list[tuple[str, str]]:
 
 def _best_config(results: Results) -> list[str]:
     if not results.best_config:
+        if _diverged(results):  # "no epoch finished" was wrong: they finished, as NaN
+            return ["Every trained epoch diverged (NaN IoU): there is no best configuration."]
         return ["No trial finished an epoch: there is no best configuration."]
     rows = [(str(k), _value(v)) for k, v in results.best_config.items()]
     return _table(("hyperparameter", "value"), rows)
 
 
+def _usage(results: Results, run_dir: Path | None) -> list[str]:
+    """Where the tuned weights are and the command that uses them (absent when the run
+    exported none: a replay, or no epoch with a finite IoU)."""
+    folder = results.extra.get(EXTRA_ADAPTER)
+    if not isinstance(folder, str):
+        return []
+    epoch = _int(results.extra.get(EXTRA_ADAPTER_EPOCH))
+    iou = results.extra.get(EXTRA_ADAPTER_IOU)
+    measured = (f", validation IoU {_number(float(iou))} re-measured on the exported files"
+                if isinstance(iou, (int, float)) else "")
+    which = (f"trial {results.best_trial}, epoch {epoch}" if epoch
+             else f"trial {results.best_trial}")
+    run = str(run_dir) if run_dir is not None else "RUN"
+    base = ("the SAM2 checkpoint it was tuned from (pass `--checkpoint` if that file moved)"
+            if results.checkpoint else "the base model description stored with it")
+    return ["", "## Using the tuned model", "",
+            f"`{folder}/` holds the tuned LoRA adapter and mask decoder ({which}{measured}); "
+            f"`predict` rebuilds the base from {base}. With reference masks (their tight boxes "
+            "prompt, and the IoU is scored) or with boxes:", "",
+            "```bash",
+            f"python -m qtt_ray.predict --run {_shell(run)} --images new/images --out preds "
+            "--masks new/masks",
+            f"python -m qtt_ray.predict --run {_shell(run)} --images new/images --out preds "
+            "--boxes boxes.json",
+            "```"]
+
+
+def _shell(text: str) -> str:
+    """A path pasted into a shell command: quoted when it holds anything beyond plain
+    characters."""
+    return shlex.quote(text)
+
+
 def _time_table(results: Results) -> list[str]:
     total = results.startup_s + results.elapsed_s + results.shutdown_s + results.final_eval_s
-    step_s = sum(sum(t.epoch_s) for t in results.trials)
-    train_s = sum(sum(t.train_s) for t in results.trials)
+    # finite only: an epoch without a reported time (NaN) hid the validation sentence
+    step_s = sum(v for t in results.trials for v in t.epoch_s if math.isfinite(v))
+    train_s = sum(v for t in results.trials for v in t.train_s if math.isfinite(v))
 
     def row(name: str, seconds: float) -> tuple[str, str, str]:
         share = f"{100.0 * seconds / total:.0f} %" if total > 0 else "-"

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,9 +242,9 @@ def print_table(results: Results, output: Path) -> None:
     per_slot = f", per slot of {slots}" if slots > 1 else ""
     rows = [
         ("zero-shot IoU", fmt(results.zero_shot_iou)),
-        ("best IoU", f"{fmt(results.best_iou)} (trial {results.best_trial}, "
-                     f"epoch {results.best_epoch})"),
-        ("best configuration", json.dumps(results.best_config)),
+        ("best IoU", _best_cell(results, fmt)),
+        ("best configuration", "-" if results.best_config is None
+         else json.dumps(results.best_config)),
         ("trials / epochs trained", f"{len(results.trials)} / {epochs}"),
         ("seconds: start-up", f"{results.startup_s:.1f}"),
         ("seconds: tuning", f"{results.elapsed_s:.1f} of {results.budget_s:g} budget"),
@@ -253,10 +254,26 @@ def print_table(results: Results, output: Path) -> None:
         ("seconds: final export", f"{results.final_eval_s:.1f}"),
         ("output", str(output)),
     ]
+    adapter = results.extra.get(EXTRA_ADAPTER)
+    if isinstance(adapter, str):  # where the weights are; report.md has the commands
+        rows.append(("tuned model", f"{output / adapter} (report.md says how to use it)"))
     width = max(len(k) for k, _ in rows)
     print()
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+
+
+def _best_cell(results: Results, fmt: Callable[[float | None], str]) -> str:
+    """The best IoU, where it came from and its gain over zero-shot; or why there is none
+    (a run without one printed "- (trial None, epoch None)")."""
+    if results.best_trial is None:
+        if any(t.epochs for t in results.trials):
+            return "- (every epoch diverged: NaN IoU)"
+        return "- (no trial finished an epoch)"
+    zero, best = results.zero_shot_iou, results.best_iou
+    gain = (f", {best - zero:+.3f} over zero-shot" if zero is not None and best is not None
+            and math.isfinite(zero) and math.isfinite(best) else "")
+    return f"{fmt(best)} (trial {results.best_trial}, epoch {results.best_epoch}{gain})"
 
 
 def _median(values: list[float]) -> float | None:
