@@ -144,8 +144,23 @@ def export_best(recorder: Any, results: Results, prep: Prepared, device: str,
     examples = prompted_examples(prep.dataset.val, prep.spec.image_size)
     iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size,
                          precision)["iou"]
-    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: int(exported.info.get("epoch", 0)),
-            EXTRA_ADAPTER_IOU: iou}
+    epoch = int(exported.info.get("epoch", 0))
+    warning = older_epoch_warning(results, epoch, iou)
+    if warning is not None:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
+    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: epoch, EXTRA_ADAPTER_IOU: iou}
+
+
+def older_epoch_warning(results: Results, exported_epoch: int, exported_iou: float) -> str | None:
+    """The best epoch's weights are in no checkpoint (its save failed and the epoch was not
+    trained again, or the run stopped between its result and its save): ``best/`` then holds
+    an earlier epoch of that trial, which the user must be told, not find out from IoUs."""
+    if results.best_epoch is None or exported_epoch == results.best_epoch:
+        return None
+    best = float("nan") if results.best_iou is None else results.best_iou
+    return (f"the best epoch (trial {results.best_trial}, epoch {results.best_epoch}, IoU "
+            f"{best:.3f}) was never checkpointed; {ADAPTER_DIR}/ holds its epoch "
+            f"{exported_epoch} (IoU {exported_iou:.3f} re-measured)")
 
 
 def class_info(dataset: Any) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from qtt_ray.results import (
     TrialRecord,
     write_results,
 )
-from qtt_ray.run_outputs import print_table
+from qtt_ray.run_outputs import older_epoch_warning, print_table
 
 NAN = math.nan
 
@@ -132,3 +132,13 @@ def test_an_epoch_without_a_time_keeps_the_validation_share() -> None:
     run = results({"t1": [0.5, 0.6], "t2": [0.4]})
     run.trials[1].epoch_s, run.trials[1].train_s = [NAN], [NAN]
     assert "trials spent 16.0 s training and 4.0 s validating" in render_report(run)
+
+
+def test_an_export_of_another_epoch_than_the_best_is_named() -> None:
+    """A best epoch whose checkpoint save failed leaves an earlier epoch in best/: say so."""
+    run = results({"a": [0.3, 0.6, 0.5]})
+    assert older_epoch_warning(run, exported_epoch=2, exported_iou=0.6) is None
+    warning = older_epoch_warning(run, exported_epoch=1, exported_iou=0.3)
+    assert warning is not None
+    assert "epoch 2, IoU 0.600) was never checkpointed" in warning
+    assert "best/ holds its epoch 1 (IoU 0.300" in warning
