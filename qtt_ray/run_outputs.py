@@ -278,6 +278,27 @@ def print_table(results: Results, output: Path) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def early_end_note(results: Results, pool_size: int | None) -> str | None:
+    """Why a finished run stopped well before its budget (more than 5 % of it and two epochs
+    left): quicktune trains a fixed pool of configurations, and once each was trained to its
+    last epoch or stopped there is nothing left to decide; trials that failed leave less.
+    Without this line a 4-hour cluster run that ended after 3 hours looked like a defect."""
+    epochs = sorted(v for t in results.trials for v in t.epoch_s if math.isfinite(v))
+    typical = epochs[len(epochs) // 2] if epochs else 0.0
+    left = results.budget_s - results.elapsed_s
+    if left <= max(0.05 * results.budget_s, 2.0 * typical):
+        return None
+    failed = sum(t.status == "ERROR" for t in results.trials)
+    because = []
+    if results.searcher == "quicktune" and pool_size is not None:
+        because.append(f"every configuration of its pool of {pool_size} was trained to its last "
+                       f"epoch or stopped (--pool-size {2 * pool_size} gives it more to try)")
+    if failed:
+        because.append(f"{failed} trial(s) failed (results.json lists them with status ERROR)")
+    reason = "; ".join(because) if because else "the searcher had nothing more to train"
+    return (f"the search ended {left:.0f} s before its {results.budget_s:g} s budget: {reason}")
+
+
 def _best_cell(results: Results, fmt: Callable[[float | None], str]) -> str:
     """The best IoU, where it came from and its gain over zero-shot; or why there is none
     (a run without one printed "- (trial None, epoch None)")."""

@@ -68,6 +68,7 @@ from qtt_ray.run_file import (  # noqa: E402
 )
 from qtt_ray.run_outputs import (  # noqa: E402
     draw_pictures,
+    early_end_note,
     export_best,
     model_tags,
     print_table,
@@ -637,6 +638,10 @@ def tune_main(args: argparse.Namespace, given: set[str] | None = None) -> int:
         report = write_report(prep.output)
         write_artifacts(prep.output, results, recorder, tracker, path, report)
         print_table(results, prep.output)
+        # (a replay's budget is simulated seconds, its elapsed time the wall clock's)
+        early = None if prep.replay is not None else early_end_note(results, args.pool_size)
+        if early is not None:
+            print(f"note: {early}")
         if not args.keep_checkpoints:
             removed, size = prune_trial_checkpoints(prep.storage, prep.experiment)
             from qtt_ray.pruning import FinishedTrialPruner

@@ -22,7 +22,7 @@ from qtt_ray.results import (
     TrialRecord,
     write_results,
 )
-from qtt_ray.run_outputs import older_epoch_warning, print_table
+from qtt_ray.run_outputs import early_end_note, older_epoch_warning, print_table
 
 NAN = math.nan
 
@@ -142,3 +142,18 @@ def test_an_export_of_another_epoch_than_the_best_is_named() -> None:
     assert warning is not None
     assert "epoch 2, IoU 0.600) was never checkpointed" in warning
     assert "best/ holds its epoch 1 (IoU 0.300" in warning
+
+
+def test_a_search_that_ran_out_of_work_early_says_why() -> None:
+    """quicktune trains a fixed pool: once it is used up the run ends before its budget."""
+    run = results({"a": [0.3, 0.6], "b": [0.2]})  # epochs of 10 s, a 60 s budget
+    run.elapsed_s = 58.0
+    assert early_end_note(run, 128) is None  # ended at the deadline
+    run.elapsed_s = 30.0
+    note = early_end_note(run, 4)
+    assert note is not None and note.startswith("the search ended 30 s before its 60 s budget")
+    assert "pool of 4 was trained" in note and "--pool-size 8" in note
+    run.trials[1].status = "ERROR"
+    assert "1 trial(s) failed" in (early_end_note(run, 4) or "")
+    run.searcher = "random"
+    assert "pool" not in (early_end_note(run, 4) or "pool")
