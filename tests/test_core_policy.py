@@ -125,16 +125,22 @@ def test_protocol_violations_raise_one_line_policy_errors() -> None:
 
 
 def test_remaining_budget_prefers_what_fits_and_else_the_cheapest() -> None:
-    p = policy(n=3, cost_aware=False)
-    first = p.ask()
-    assert first is not None
-    p.tell(first.trial_id, 1, 0.1, 2.0)  # this trial's epochs take 2 s
+    p, late = policy(n=3, cost_aware=False), policy(n=3, cost_aware=False, late_start=True)
+    opening = p.ask(remaining_s=0.5)  # no score yet: something must train, the cheapest
+    assert opening is not None and opening == late.ask(remaining_s=0.5)
+    for q in (p, late):
+        q.tell(opening.trial_id, 1, 0.1, 2.0)  # this trial's epochs take 2 s
     # every other trial is predicted at the untrained prior (60 s x the task correction)
     chosen = p.ask(remaining_s=3.0)
-    assert chosen is not None and chosen.trial_id == first.trial_id
+    assert chosen is not None and chosen.trial_id == opening.trial_id
     p.release(chosen.trial_id)
-    cheapest = p.ask(remaining_s=0.5)  # nothing fits: the cheapest one
-    assert cheapest is not None and cheapest.trial_id == first.trial_id
+    # nothing finishes within 0.5 s and there is an incumbent: stop rather than overrun ...
+    assert p.ask(remaining_s=0.5) is None
+    assert p.running() == {}
+    # ... unless late starts are wanted: then the cheapest
+    cheapest = late.ask(remaining_s=0.5)
+    assert cheapest is not None and cheapest.trial_id == opening.trial_id
+    assert p.ask(remaining_s=2.0) is not None  # it still fits exactly
 
 
 def test_the_cost_correction_learns_the_machine_speed() -> None:
@@ -485,8 +491,8 @@ def test_near_the_deadline_the_incumbent_trains_on_instead_of_exploring() -> Non
     assert plain.ask(remaining_s=2.5).trial_id != started[1].trial_id
     exploiting.release(near.trial_id)
     plain.release(plain.running().popitem()[0])
-    # too late for even one epoch of the incumbent: the acquisition decides, as without it
-    assert exploiting.ask(remaining_s=0.5) == plain.ask(remaining_s=0.5)
+    # too late for even one epoch of anything: both stop (an epoch would end past the deadline)
+    assert exploiting.ask(remaining_s=0.5) is None and plain.ask(remaining_s=0.5) is None
 
 
 def test_a_stopped_trial_a_foreign_state_and_a_bad_pool_are_one_line_policy_errors() -> None:

@@ -230,6 +230,7 @@ METHODS: dict[str, Callable[[Episode, FoldCache], Constructor]] = {
     "quicktune-exploit3": _quicktune(meta=True, cost_aware=True, exploit_epochs=3),
     "quicktune-prior-quality": _quicktune(meta=True, cost_aware=True, quality_ranking="prior"),
     "quicktune-forest-quality": _quicktune(meta=True, cost_aware=True, quality_ranking="forest"),
+    "quicktune-late-start": _quicktune(meta=True, cost_aware=True, late_start=True),
     "quicktunetool": _quicktunetool,
     "oracle": _oracle,
     "oracle-zero-shot-top10": _oracle_zero_shot_top(10),
@@ -243,7 +244,7 @@ DEFAULT_METHODS = [m for m in METHODS if m not in BOUNDS | PROBES]
 BUDGET_AWARE = frozenset(
     BOUNDS | {"quicktune", "quicktune-no-meta", "quicktune-no-cost", "quicktune-lookahead",
               "quicktune-no-exploit", "quicktune-no-forest", "quicktune-exploit3",
-              "quicktune-prior-quality", "quicktune-forest-quality"})
+              "quicktune-prior-quality", "quicktune-forest-quality", "quicktune-late-start"})
 
 
 def check_methods(names: list[str]) -> list[str]:

@@ -6,8 +6,9 @@
 - Cost-aware: EI / (c / median(c)) ** exponent, with c the predicted seconds of the epoch and the
   median over the candidates, so the exponent is meaningful for any machine speed.
 - Budget-aware: candidates whose next epoch is predicted to exceed the remaining budget are
-  skipped while anything else fits; when nothing fits, the cheapest is chosen (cost predictions
-  can be pessimistic, and the trainer's own deadline cuts a too-long epoch anyway).
+  skipped while anything else fits; when nothing fits, the cheapest is chosen (the policy only
+  gets here before the task has a score, or with ``late_start``: otherwise it stops, see
+  ``QuickTunePolicy._past_deadline``).
 - When every acquisition value is ~0 (the model is certain nothing improves, or the policy has
   nothing to improve on yet), the candidate with the highest predicted improvement (mu - y*) is
   chosen, not the first index.

@@ -76,8 +76,10 @@ A trial stops at ``max_epochs``, at ``score_threshold``, when its best score has
 by more than ``tolerance`` for ``patience`` epochs, or on a diverged (NaN) epoch, which counts
 as ``BAD_SCORE``; ``end`` stops one with no observation (in the replay, a recorded curve that
 stops early says nothing bad about its configuration). ``ask`` returns None only when no trial
-can be trained any more (all stopped, at max fidelity, or running) -- never because each
-configuration was tried once.
+can be trained any more (all stopped, at max fidelity, or running), or, once the task has a
+score, when no candidate's next epoch is predicted to finish within ``remaining_s`` (an epoch
+that ends after the deadline only overruns the budget; ``late_start=True`` starts the cheapest
+anyway, the behaviour before session 12) -- never because each configuration was tried once.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ class QuickTunePolicy:
         exploit_epochs: float = 5.0,
         zero_shot_first: bool = True,
         quality_ranking: str = "blend",
+        late_start: bool = False,
     ) -> None:
         if acquisition not in ACQUISITIONS:
             raise PolicyError(
@@ -184,6 +187,7 @@ class QuickTunePolicy:
         self.prior_first = prior_first
         self.background_adapt = background_adapt
         self.exploit_epochs = float(exploit_epochs)
+        self.late_start = late_start
 
         self._spec = spec
         self._performance = predictors.performance.copy()
@@ -264,6 +268,8 @@ class QuickTunePolicy:
         curves = [self._scores[i] for i in candidates]
         done = np.array([len(c) for c in curves])
         epoch_s = self._next_epoch_seconds(idx, done + 1)
+        if self._past_deadline(epoch_s, remaining_s):
+            return None
         if self.acquisition == "lookahead":
             steps = reachable_epochs(done, epoch_s, remaining_s, self.max_epochs)
             best = best_up_to_fidelity(self._scores, self.max_epochs)[-1]
@@ -289,6 +295,16 @@ class QuickTunePolicy:
         self._running[chosen] = epoch
         self._start_background_adaptation((chosen, epoch))
         return Decision(chosen, dict(self.pool[chosen]), epoch, epoch == 1)
+
+    def _past_deadline(self, epoch_s: np.ndarray, remaining_s: float | None) -> bool:
+        """No candidate's next epoch is predicted to finish before the deadline, and there is
+        an incumbent to return: starting one anyway ran the tuning past its budget (under Ray
+        until the backstop stopper killed the epoch, ``--budget 180`` ending near 191 s) for a
+        result that rarely counted. Without any score yet the cheapest still starts (a run
+        must train something); ``late_start`` restores that for every decision."""
+        if remaining_s is None or self.late_start or self.incumbent() is None:
+            return False
+        return not bool(np.any(epoch_s <= remaining_s))
 
     def _exploit_near_deadline(
         self, chosen: int, idx: np.ndarray, epoch_s: np.ndarray, remaining_s: float | None
