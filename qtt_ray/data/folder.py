@@ -179,8 +179,8 @@ def mask_labels(mask_file: Path, values: np.ndarray) -> set[int]:
         shown = sorted(labels)[:6]
         raise DataError(
             f"mask {mask_file} mixes 255 with labels {shown}: values must be class indices "
-            "0..K (0/255 is accepted for binary masks only); re-save without anti-aliasing "
-            "or ignore labels"
+            "0..K (0/255 is accepted for binary masks only); map gray levels to 1..K (e.g. "
+            "127 -> 1, 255 -> 2), or re-save without anti-aliasing or ignore labels"
         )
     return labels
 
