@@ -57,9 +57,10 @@ class Watch(Callback):
 
 def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failures: int,
         extra_callbacks: list[Callback] | None = None, continue_in_place: bool = False,
-        prune: bool = False) -> tuple[Any, Any, TrialRecorder, Watch]:
+        prune: bool = False, final_save: bool = False) -> tuple[Any, Any, TrialRecorder, Watch]:
     """``continue_in_place``: as qtt_ray.tune runs (no pauses here: OrderedFull picks the same
-    trial again), with the checkpoint after every epoch it needs; else a pause per epoch."""
+    trial again), with the checkpoint after every epoch it needs; else a pause per epoch.
+    ``final_save``: Tune saves each trial once more when it stops, as qtt_ray.tune asks."""
     meta = synthetic_meta(CONFIGS)
     pool = meta.runs
     fault_dir = tmp_path / f"{name}-faults"
@@ -90,7 +91,8 @@ def run(tmp_path: Path, name: str, faults: dict[int, dict[str, Any]], max_failur
             callbacks=[recorder, watch, *pruners, *(extra_callbacks or [])],
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_frequency=1 if continue_in_place else 0),
+                num_to_keep=2, checkpoint_frequency=1 if continue_in_place else 0,
+                **({"checkpoint_at_end": True} if final_save else {})),
         ),
     )
     grid = tuner.fit()
@@ -104,6 +106,14 @@ def assert_curves_are_the_recorded_ones(setup: Any, recorder: TrialRecorder) -> 
         expected = [float(v) for v in run_.scores[: record.epochs]]
         assert [v for v in record.iou if math.isfinite(v)] == expected[: len(
             [v for v in record.iou if math.isfinite(v)])]
+
+
+def assert_curves_exactly_recorded(setup: Any, recorder: TrialRecorder) -> None:
+    """Every epoch the driver kept is the recorded one: none lost, none counted twice."""
+    meta = synthetic_meta(CONFIGS)
+    for record in recorder.records():
+        recorded = meta.runs[setup.controller.policy_trial_of(record.trial_id)].scores
+        assert record.iou == [float(v) for v in recorded[: record.epochs]]
 
 
 def test_a_trial_that_raises_mid_epoch_is_retried_from_its_checkpoint(
@@ -256,3 +266,58 @@ def test_finished_trials_lose_their_checkpoints_but_the_best_keeps_its(
     kept = {folder.parent.name for folder in experiment.glob("*/checkpoint_*")}
     assert len(kept) == 1 and f"_{best}_" in next(iter(kept))  # the best trial's, no other
     assert recorder.checkpoint(best, str(tmp_path)) is not None
+
+
+# -- a checkpoint save that fails after its epoch was told -----------------------------------
+def test_a_pause_checkpoint_that_fails_is_retried_and_the_run_goes_on(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    """The save after epoch 2 fails once: Tune retries the trial. It had filed the trial
+    PENDING when the scheduler set it PAUSED behind Tune's back, and the next start of it
+    failed an assertion inside Tune that ended the whole run."""
+    faults = {0: {FAULT_EPOCH_KEY: 2, FAULT_KIND_KEY: "save", FAULT_TIMES_KEY: 1}}
+    grid, setup, recorder, watch = run(tmp_path, "save-once", faults, max_failures=2)
+    assert not grid.errors
+    assert len(watch.recoveries) == 1
+    records = recorder.records()
+    assert [r.epochs for r in records] == [10, 10, 10]
+    assert all(r.status == Trial.TERMINATED for r in records)
+    assert_curves_exactly_recorded(setup, recorder)
+    # epoch 2 was told once; the trial re-trained it untold from its epoch-1 checkpoint
+    assert setup.controller.history == [(t, e) for t in range(CONFIGS) for e in range(1, 11)]
+    assert setup.controller.policy.curves[0] == [float(v) for v in synthetic_meta(
+        CONFIGS).runs[0].scores]
+
+
+def test_a_stopped_trial_whose_last_checkpoint_fails_stays_stopped(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    """The policy stopped the trial after epoch 10 and Tune's final save fails: Tune retries
+    the trial although nothing is left to train. It must end as a stopped trial, through
+    Tune's own bookkeeping (set TERMINATED behind Tune's back, Tune still held it PENDING)."""
+    faults = {0: {FAULT_EPOCH_KEY: 10, FAULT_KIND_KEY: "save", FAULT_TIMES_KEY: 1}}
+    grid, setup, recorder, watch = run(tmp_path, "save-last", faults, max_failures=2,
+                                       continue_in_place=True, final_save=True)
+    assert not grid.errors
+    assert len(watch.recoveries) == 1
+    records = recorder.records()
+    assert [(r.epochs, r.status) for r in records] == [(10, Trial.TERMINATED)] * CONFIGS
+    assert_curves_exactly_recorded(setup, recorder)
+    assert setup.controller.history == [(t, e) for t in range(CONFIGS) for e in range(1, 11)]
+
+
+def test_a_trial_failing_while_paused_is_ended_and_the_search_goes_on(
+    ray_session, tmp_path  # noqa: F811
+) -> None:
+    """The save after epoch 2 fails and no retry is left: Ray will not run the trial again.
+    The policy, never told, picked it again; the controller gave the pick back and, with
+    nothing else in flight, finished the search: 2 epochs trained in all."""
+    faults = {0: {FAULT_EPOCH_KEY: 2, FAULT_KIND_KEY: "save", FAULT_TIMES_KEY: 100}}
+    grid, setup, recorder, _ = run(tmp_path, "save-fails", faults, max_failures=0)
+    assert len(grid.errors) == 1
+    statuses = [(r.epochs, r.status) for r in recorder.records()]
+    assert statuses == [(2, Trial.ERROR), (10, Trial.TERMINATED), (10, Trial.TERMINATED)]
+    assert_curves_exactly_recorded(setup, recorder)
+    curves = setup.controller.policy.curves
+    assert len(curves[0]) == 2 and all(math.isfinite(v) for v in curves[0])  # no NaN: not its
+    assert not setup.controller.policy.available(0)  # fault; ended, never handed out again

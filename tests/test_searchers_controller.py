@@ -215,3 +215,17 @@ def test_a_result_from_a_trial_not_asked_to_train_stops_it_untold(caplog) -> Non
     assert not ctl.is_paused("a")  # closed: it will not be resumed
     assert [r.getMessage() for r in caplog.records] == [
         f"result from trial {t}, which was not asked to train: stop" for t in ("a", "ghost")]
+
+
+def test_a_closed_paused_trial_is_never_picked_again() -> None:
+    """Without Ray: Tune reports a paused trial failed; the next new configuration starts."""
+    configs = SAM2_SPACE.sample_many(4, seed=3)
+    ctl = FreezeThawController(lambda: RandomFull(configs, 10, 0), slots=1)
+    first = ctl.start_new("a")
+    assert first is not None
+    assert ctl.on_result("a", {"iou": 0.5, "epoch_s": 1.0, "training_iteration": 1}) == "pause"
+    ctl.on_closed("a", error=True)  # its pause checkpoint failed past max_failures
+    second = ctl.start_new("b")
+    assert second is not None and second.trial_id != first.trial_id
+    assert not ctl.exhausted
+    assert ctl.policy.curves[first.trial_id] == [0.5]
