@@ -12,14 +12,20 @@ from ray.tune.utils import util as tune_util
 from qtt_ray.ray_runtime import SLOW_STEP_LOGGERS, SlowStepNoise, quiet_ray_logs
 
 
-@pytest.fixture
-def clean_filters():
-    """quiet_ray_logs installs process-wide filters: take them off again afterwards."""
-    yield
+def remove_filters() -> None:
     for name in SLOW_STEP_LOGGERS:
         logger = logging.getLogger(name)
         for f in [f for f in logger.filters if isinstance(f, SlowStepNoise)]:
             logger.removeFilter(f)
+
+
+@pytest.fixture
+def clean_filters():
+    """quiet_ray_logs installs process-wide filters (an earlier tune run in this process did
+    too): none before the test, none after it."""
+    remove_filters()
+    yield
+    remove_filters()
 
 
 def slow_result(message: str | None = None) -> None:

@@ -65,7 +65,7 @@ def test_export_reads_the_best_checkpoint_from_an_object_store(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path / "elsewhere")  # where no relative bucket/... folder exists
     prep = tune.Prepared(SimpleNamespace(seed=0, batch_size=2), dataset, spec, "random", None,
                          tmp_path / "run", "s3://bucket/qtt", "tune-x")
-    results = SimpleNamespace(best_trial="a", best_config=CONFIG)
+    results = SimpleNamespace(best_trial="a", best_config=CONFIG, best_epoch=1, best_iou=0.5)
     extra = run_outputs.export_best(recorder, results, prep, "cpu")  # type: ignore[arg-type]
     assert extra[EXTRA_ADAPTER_EPOCH] == 1  # the trained epoch, not a fresh model's 0
     assert (tmp_path / "run" / "best").is_dir()
