@@ -7,7 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 BUDGET ?= 60
-MODEL ?= micro  # the random-weight reduced SAM2: no download, CPU-sized (README)
+# the random-weight reduced SAM2: no download, CPU-sized (README)
+MODEL ?= micro
 
 .PHONY: install demo test lint bench clean
 
