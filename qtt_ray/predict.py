@@ -23,7 +23,13 @@ end, so a crash leaves the earlier predictions intact and a re-run never mixes o
 IoU (with reference masks) is the training metric (``qtt_ray.model.metrics``) at the model's
 input size, batched like validation, so predicting a run's validation images reproduces its
 validation IoU; ``iou_full_res`` scores the masks as written, at the original size, for every
-image with a reference mask (an unprompted class scores 0).
+image with a reference mask (an unprompted class scores 0). Both are dataset-level means over the
+classes of the reference masks; ``per_class_iou`` and ``per_class_iou_full_res`` hold each
+class's IoU (``images_per_class``: how many reference masks hold it), each image's row its own
+``iou`` and ``iou_full_res``, and the printed summary a per-class table when there are several.
+
+Images are decoded and segmented a chunk of ``--batch-size`` at a time, so memory does not grow
+with the number of images.
 
 In Python, ``segment`` runs the same code path on one image (see its docstring).
 """
@@ -37,8 +43,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -293,11 +299,7 @@ def _load_job(stem: str, file: Path, reference: np.ndarray | None, prompt: Promp
         image, _ = read_image(file)
     except CorruptFileError as error:
         raise PredictError(f"--images: unreadable image {error}") from error
-    if reference is not None and reference.shape != image.shape[:2]:
-        raise PredictError(
-            f"--masks: the mask of {file.name} is {reference.shape[1]}x{reference.shape[0]} but "
-            f"the image is {width}x{height}; masks must have their image's size"
-        )
+    _check_reference_size(file, reference, width, height)
     if prompt is None:  # prompts from the reference mask, exactly as validation makes them
         if reference is None:
             return Job(stem, file, image, reference, None, np.zeros((0, 4)))
@@ -317,6 +319,15 @@ def _load_job(stem: str, file: Path, reference: np.ndarray | None, prompt: Promp
     example = _box_example(preprocess_image(image, image_size), prompt.boxes, prompt.class_ids,
                            height, width, target)
     return Job(stem, file, image, reference, example, prompt.boxes)
+
+
+def _check_reference_size(file: Path, reference: np.ndarray | None, width: int, height: int
+                          ) -> None:
+    if reference is not None and reference.shape != (height, width):
+        raise PredictError(
+            f"--masks: the mask of {file.name} is {reference.shape[1]}x{reference.shape[0]} but "
+            f"the image is {width}x{height}; masks must have their image's size"
+        )
 
 
 def _tight_boxes(reference: np.ndarray, class_ids: Sequence[int]) -> np.ndarray:
@@ -368,15 +379,16 @@ def predict_folder(
     files = list_images(Path(images))
     stems = list(files)
     references = read_reference_masks(Path(masks), stems) if masks is not None else {}
+    sizes = {}  # (height, width) from the headers: the images are decoded one chunk at a time
+    for stem, file in files.items():
+        try:
+            (width, height), _ = read_header(file)
+        except CorruptFileError as error:
+            raise PredictError(f"--images: unreadable image {error}") from error
+        sizes[stem] = (height, width)
+        _check_reference_size(file, references.get(stem), width, height)
     prompts: dict[str, Prompt] | None = None
     if boxes is not None:
-        sizes = {}
-        for stem, file in files.items():
-            try:
-                (width, height), _ = read_header(file)
-            except CorruptFileError as error:
-                raise PredictError(f"--images: unreadable image {error}") from error
-            sizes[stem] = (height, width)
         prompts = read_boxes_file(Path(boxes), files, sizes)
     out_dir = Path(out)
     inputs = {"--images": next(iter(files.values())).parent}
@@ -421,7 +433,13 @@ def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSp
                   prompts: dict[str, Prompt] | None, device: str, batch_size: int,
                   checkpoint: str | Path | None, precision: str) -> dict[str, Any]:
     """Load the model, segment every image and write its mask and overlay under ``staging``;
-    the summary (without the timing and input paths)."""
+    the summary (without the timing and input paths).
+
+    Images stream through in chunks of ``batch_size`` prompted images (plus the unprompted ones
+    between them), so memory does not grow with the folder: each image's K logit maps at the
+    input size (4 MB per class at 1024 px) are dropped once its mask is written. The chunks cut
+    the prompted images exactly where ``example_logits`` cuts its batches, so the batches, and
+    with them the logits, are validation's."""
     try:
         loaded = load_adapter(adapter_dir, device, checkpoint)
     except SafetensorError as error:  # truncated or overwritten weights file
@@ -436,56 +454,26 @@ def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSp
             f"({detail}); was the folder edited or mixed with another run's files?"
         ) from error
     size = spec.image_size
-
-    jobs = [
-        _load_job(stem, file, references.get(stem),
-                  None if prompts is None else prompts.get(stem, Prompt(np.zeros((0, 4)))),
-                  size)
-        for stem, file in files.items()
-    ]
-    prompted = [job for job in jobs if job.example is not None]
-    main_logits = example_logits(loaded.model, [job.example for job in prompted if job.example],
-                                 device, batch_size, precision)
-    logits_of = {job.stem: [lg] for job, lg in zip(prompted, main_logits, strict=True)}
-    rescued = [job for job in jobs if job.lost is not None]
-    lost_logits = example_logits(loaded.model, [job.lost for job in rescued if job.lost],
-                                 device, batch_size, precision)
-    for job, lg in zip(rescued, lost_logits, strict=True):
-        logits_of.setdefault(job.stem, []).append(lg)
-
-    overall, overall_full = IoUAccumulator(), IoUAccumulator()
+    scores = _Scores()
     rows: list[dict[str, Any]] = []
-    for job in jobs:
-        row: dict[str, Any] = {"image": job.file.name, "stem": job.stem,
-                               "boxes": [_json_box(box) for box in job.boxes],
-                               "class_ids": job.class_ids, "iou": None}
-        if job.lost is not None:
-            row["lost_at_input_size"] = job.lost.class_ids.tolist()
-        prediction = _job_prediction(job, logits_of.get(job.stem, []))
-        if job.reference is not None:  # the masks as written, for every image with a reference
-            overall_full.add(torch.from_numpy(prediction.astype(np.int64)),
-                             torch.from_numpy(job.reference.astype(np.int64)))
-            if job.example is not None:  # the training metric: validation's prompts only
-                target_s = torch.from_numpy(resize_mask(job.reference, size).astype(np.int64))
-                predicted_s = semantic_prediction(logits_of[job.stem][0], job.example.class_ids)
-                mine = IoUAccumulator()
-                for accumulator in (overall, mine):
-                    accumulator.add(predicted_s, target_s)
-                row["iou"] = mine.score()
-        boxes_drawn = np.array(row["boxes"], dtype=np.float32).reshape(-1, 4)
-        picture = overlay(job.image, prediction, boxes_drawn, row["class_ids"])
-        try:
-            write_png(prediction, staging / "masks" / f"{job.stem}.png")
-            write_png(picture, staging / "overlays" / f"{job.stem}.png")
-        except OSError as error:
-            raise PredictError(f"--out {out_dir}: cannot write there ({error}); choose a folder "
-                               "you can write to") from error
-        row["mask"] = f"masks/{job.stem}.png"
-        row["overlay"] = f"overlays/{job.stem}.png"
-        rows.append(row)
+    for chunk in _job_chunks(files, references, prompts, size, batch_size):
+        logits_of = _chunk_logits(loaded.model, chunk, device, batch_size, precision)
+        for job in chunk:
+            row, prediction, picture = _finish_job(job, logits_of.pop(job.stem, []), size,
+                                                   scores)
+            try:
+                write_png(prediction, staging / "masks" / f"{job.stem}.png")
+                write_png(picture, staging / "overlays" / f"{job.stem}.png")
+            except OSError as error:
+                raise PredictError(f"--out {out_dir}: cannot write there ({error}); choose a "
+                                   "folder you can write to") from error
+            row["mask"] = f"masks/{job.stem}.png"
+            row["overlay"] = f"overlays/{job.stem}.png"
+            rows.append(row)
     for name in OUTPUTS:  # even with no image written, replace the earlier folders
         (staging / name).mkdir(exist_ok=True)
 
+    overall, overall_full = scores.input_size, scores.full_res
     evaluated = bool(overall.present)
     return {
         "adapter": str(adapter_dir),
@@ -499,10 +487,88 @@ def _predict_into(staging: Path, out_dir: Path, adapter_dir: Path, spec: ModelSp
         "iou_full_res": overall_full.score() if overall_full.present else None,
         "per_class_iou": ({str(c): v for c, v in overall.per_class().items()}
                           if evaluated else None),
+        "per_class_iou_full_res": ({str(c): v for c, v in overall_full.per_class().items()}
+                                   if overall_full.present else None),
+        "images_per_class": ({str(c): scores.images[c] for c in sorted(scores.images)}
+                             if scores.images else None),
         "images": rows,
         "unprompted": [row["image"] for row in rows if not row["class_ids"]],
         "lost_at_input_size": [row["image"] for row in rows if "lost_at_input_size" in row],
     }
+
+
+@dataclass
+class _Scores:
+    """The folder's IoU as it accumulates: the training metric at the input size, the masks
+    as written at the original size, and how many reference masks hold each class."""
+
+    input_size: IoUAccumulator = field(default_factory=IoUAccumulator)
+    full_res: IoUAccumulator = field(default_factory=IoUAccumulator)
+    images: dict[int, int] = field(default_factory=dict)
+
+
+def _job_chunks(files: Mapping[str, Path], references: Mapping[str, np.ndarray],
+                prompts: Mapping[str, Prompt] | None, size: int, batch_size: int
+                ) -> Iterator[list[Job]]:
+    """The jobs in file order, loaded lazily, in chunks that each hold ``batch_size`` prompted
+    jobs (the last may hold fewer) and the unprompted jobs among them."""
+    chunk: list[Job] = []
+    prompted = 0
+    for stem, file in files.items():
+        prompt = None if prompts is None else prompts.get(stem, Prompt(np.zeros((0, 4))))
+        job = _load_job(stem, file, references.get(stem), prompt, size)
+        chunk.append(job)
+        prompted += job.example is not None
+        if prompted == batch_size:
+            yield chunk
+            chunk, prompted = [], 0
+    if chunk:
+        yield chunk
+
+
+def _chunk_logits(model: nn.Module, chunk: Sequence[Job], device: str, batch_size: int,
+                  precision: str) -> dict[str, list[torch.Tensor]]:
+    """Each job's logits: its validation prompts' first (one batch of ``example_logits``),
+    then those of the classes lost at the input size (a separate pass)."""
+    prompted = [job for job in chunk if job.example is not None]
+    main_logits = example_logits(model, [job.example for job in prompted if job.example],
+                                 device, batch_size, precision)
+    logits_of = {job.stem: [lg] for job, lg in zip(prompted, main_logits, strict=True)}
+    rescued = [job for job in chunk if job.lost is not None]
+    lost_logits = example_logits(model, [job.lost for job in rescued if job.lost],
+                                 device, batch_size, precision)
+    for job, lg in zip(rescued, lost_logits, strict=True):
+        logits_of.setdefault(job.stem, []).append(lg)
+    return logits_of
+
+
+def _finish_job(job: Job, logits: Sequence[torch.Tensor], size: int, scores: _Scores
+                ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """The job's row of predict.json (its scores added to ``scores``), its class map and its
+    overlay picture."""
+    row: dict[str, Any] = {"image": job.file.name, "stem": job.stem,
+                           "boxes": [_json_box(box) for box in job.boxes],
+                           "class_ids": job.class_ids, "iou": None}
+    if job.lost is not None:
+        row["lost_at_input_size"] = job.lost.class_ids.tolist()
+    prediction = _job_prediction(job, logits)
+    if job.reference is not None:  # the masks as written, for every image with a reference
+        target = torch.from_numpy(job.reference.astype(np.int64))
+        mine_full = IoUAccumulator()
+        for accumulator in (scores.full_res, mine_full):
+            accumulator.add(torch.from_numpy(prediction.astype(np.int64)), target)
+        row["iou_full_res"] = mine_full.score() if mine_full.present else None
+        for class_id in mine_full.present:
+            scores.images[class_id] = scores.images.get(class_id, 0) + 1
+        if job.example is not None:  # the training metric: validation's prompts only
+            target_s = torch.from_numpy(resize_mask(job.reference, size).astype(np.int64))
+            predicted_s = semantic_prediction(logits[0], job.example.class_ids)
+            mine = IoUAccumulator()
+            for accumulator in (scores.input_size, mine):
+                accumulator.add(predicted_s, target_s)
+            row["iou"] = mine.score()
+    boxes_drawn = np.array(row["boxes"], dtype=np.float32).reshape(-1, 4)
+    return row, prediction, overlay(job.image, prediction, boxes_drawn, row["class_ids"])
 
 
 # -- the Python entry point ----------------------------------------------------------------------
@@ -589,6 +655,7 @@ def format_summary(summary: dict[str, Any], out: Path, limit: int = 20) -> str:
         )
     elif summary["iou_full_res"] is not None:
         lines.append(f"IoU {summary['iou_full_res']:.4f} at the original size")
+    lines += per_class_lines(summary)
     if summary["unprompted"]:
         lines.append(f"{len(summary['unprompted'])} image(s) had no box prompt: empty masks")
     lost = summary.get("lost_at_input_size") or []
@@ -606,6 +673,24 @@ def format_summary(summary: dict[str, Any], out: Path, limit: int = 20) -> str:
     return "\n".join(printable(line) for line in lines)
 
 
+def per_class_lines(summary: dict[str, Any]) -> list[str]:
+    """The per-class IoU table of a multiclass evaluation (the IoU above is their mean); none
+    for a single class, whose IoU is the one above."""
+    full = summary.get("per_class_iou_full_res") or {}
+    if len(full) < 2:
+        return []
+    at_input = summary.get("per_class_iou") or {}
+    images = summary.get("images_per_class") or {}
+    lines = [f"per class: IoU at the {summary['image_size']} px input / at the original size "
+             "(images holding the class)"]
+    for class_id, value in full.items():
+        here = at_input.get(class_id)
+        shown = "-" if here is None else f"{here:.4f}"
+        lines.append(f"  class {class_id:>3}  {shown:>6} / {value:.4f}  "
+                     f"({images.get(class_id, 0)})")
+    return lines
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -616,7 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             f"Writes OUT/masks/<stem>.png (class ids, original size), OUT/overlays/<stem>.png "
             f"(the mask and the prompts on the image) and OUT/{SUMMARY} (prompts in "
-            "original-image pixels, per-image and overall IoU when --masks is given). Python: "
+            "original-image pixels, per-image, per-class and overall IoU when --masks is given). "
+            "Python: "
             "qtt_ray.predict.segment(load_adapter(RUN/best), image, {class_id: box})."
         ),
     )
