@@ -18,6 +18,7 @@ from typing import Any, TypeGuard
 from qtt_ray.pictures import GRID_FILE, PLOT_FILE, best_iou_plot
 from qtt_ray.results import (
     EXTRA_ADAPTER,
+    EXTRA_ADAPTER_CLASS_IOU,
     EXTRA_ADAPTER_EPOCH,
     EXTRA_ADAPTER_IOU,
     EXTRA_CLASSES,
@@ -64,6 +65,7 @@ def render_report(results: Results, has_grid: bool = False, run_dir: Path | None
                   f"![validation predictions]({GRID_FILE})", ""]
     lines += ["## Best configuration", ""]
     lines += _best_config(results)
+    lines += _per_class(results)
     lines += _usage(results, run_dir)
     lines += ["", "## Where the time went", ""]
     lines += _time_table(results)
@@ -192,6 +194,18 @@ def _best_config(results: Results) -> list[str]:
         return ["No trial finished an epoch: there is no best configuration."]
     rows = [(str(k), _value(v)) for k, v in results.best_config.items()]
     return _table(("hyperparameter", "value"), rows)
+
+
+def _per_class(results: Results) -> list[str]:
+    """A multiclass run's one IoU is a mean: each class's, for the exported model on the
+    validation images, shows which classes the tuning served and which it did not."""
+    per_class = results.extra.get(EXTRA_ADAPTER_CLASS_IOU)
+    if not isinstance(per_class, dict) or len(per_class) < 2:
+        return []
+    rows = [(str(c), _number(float(v))) for c, v in per_class.items()
+            if isinstance(v, (int, float))]
+    return ["", "## Validation IoU per class (the tuned model in best/)", "",
+            *_table(("class", "IoU"), rows)]
 
 
 def _usage(results: Results, run_dir: Path | None) -> list[str]:

@@ -26,6 +26,8 @@ ADAPTER_DIR = "best"  # the best epoch's adapter, exported beside results.json
 EXTRA_ADAPTER = "adapter"  # the adapter folder, relative to the run folder
 EXTRA_ADAPTER_EPOCH = "adapter_epoch"  # which epoch of the best trial the adapter holds
 EXTRA_ADAPTER_IOU = "adapter_iou"  # the exported adapter's validation IoU, re-measured
+# {"class id": IoU} of the exported adapter on the validation images (its mean is adapter_iou)
+EXTRA_ADAPTER_CLASS_IOU = "adapter_per_class_iou"
 EXTRA_TIMELINE = "timeline"  # [[seconds since the tuning started, best IoU so far], ...]
 EXTRA_INTERRUPTIONS = "interruptions"  # how often the run was interrupted and resumed
 EXTRA_PREDICTORS = "predictors"  # the meta-trained predictors folder quicktune used

@@ -18,6 +18,7 @@ from qtt_ray.cli import one_line
 from qtt_ray.results import (
     ADAPTER_DIR,
     EXTRA_ADAPTER,
+    EXTRA_ADAPTER_CLASS_IOU,
     EXTRA_ADAPTER_EPOCH,
     EXTRA_ADAPTER_IOU,
     EXTRA_CLASSES,
@@ -131,7 +132,7 @@ def export_best(recorder: Any, results: Results, prep: Prepared, device: str,
     if checkpoint is None or results.best_config is None:
         return {}
     from qtt_ray.model.adapter import load_adapter
-    from qtt_ray.model.evaluate import evaluate_model, prompted_examples
+    from qtt_ray.model.evaluate import evaluate_per_class, prompted_examples
     from qtt_ray.model.finetune import FineTuner
 
     tuner = FineTuner(prep.spec, results.best_config, prep.dataset, device=device,
@@ -142,13 +143,15 @@ def export_best(recorder: Any, results: Results, prep: Prepared, device: str,
     del tuner
     exported = load_adapter(folder, device)
     examples = prompted_examples(prep.dataset.val, prep.spec.image_size)
-    iou = evaluate_model(exported.model, examples, device, prep.settings.batch_size,
-                         precision)["iou"]
+    metrics, per_class = evaluate_per_class(exported.model, examples, device,
+                                            prep.settings.batch_size, precision)
+    iou = metrics["iou"]
     epoch = int(exported.info.get("epoch", 0))
     warning = older_epoch_warning(results, epoch, iou)
     if warning is not None:
         print(f"{PROG}: warning: {warning}", file=sys.stderr)
-    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: epoch, EXTRA_ADAPTER_IOU: iou}
+    return {EXTRA_ADAPTER: ADAPTER_DIR, EXTRA_ADAPTER_EPOCH: epoch, EXTRA_ADAPTER_IOU: iou,
+            EXTRA_ADAPTER_CLASS_IOU: {str(c): v for c, v in sorted(per_class.items())}}
 
 
 def older_epoch_warning(results: Results, exported_epoch: int, exported_iou: float) -> str | None:

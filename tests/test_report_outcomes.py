@@ -14,6 +14,7 @@ from qtt_ray.pictures import PLOT_FILE, best_so_far_steps, no_curve_reason
 from qtt_ray.report import ALL_DIVERGED, render_report, write_report
 from qtt_ray.results import (
     EXTRA_ADAPTER,
+    EXTRA_ADAPTER_CLASS_IOU,
     EXTRA_ADAPTER_EPOCH,
     EXTRA_ADAPTER_IOU,
     EXTRA_CLASSES,
@@ -157,3 +158,17 @@ def test_a_search_that_ran_out_of_work_early_says_why() -> None:
     assert "1 trial(s) failed" in (early_end_note(run, 4) or "")
     run.searcher = "random"
     assert "pool" not in (early_end_note(run, 4) or "pool")
+
+
+def test_a_multiclass_report_gives_each_classs_iou(tmp_path: Path) -> None:
+    """The run's IoU is a mean over classes: report.md shows each class (results.json keeps
+    them, as written by export_best), and a binary run has no such table."""
+    run = results({"t1": [0.5, 0.61]}, **{EXTRA_ADAPTER: "best", EXTRA_ADAPTER_EPOCH: 2,
+                                           EXTRA_ADAPTER_IOU: 0.45,
+                                           EXTRA_ADAPTER_CLASS_IOU: {"1": 0.8, "3": 0.1}})
+    write_results(tmp_path / RESULTS_FILE, run)
+    text = write_report(tmp_path).read_text()
+    table = text.split("## Validation IoU per class (the tuned model in best/)")[1]
+    assert "| 1 | 0.8" in table and "| 3 | 0.1" in table
+    run.extra[EXTRA_ADAPTER_CLASS_IOU] = {"1": 0.45}
+    assert "per class" not in render_report(run)
