@@ -228,17 +228,11 @@ def _usage(results: Results, run_dir: Path | None) -> list[str]:
             f"`predict` rebuilds the base from {base}. With reference masks (their tight boxes "
             "prompt, and the IoU is scored) or with boxes:", "",
             "```bash",
-            f"python -m qtt_ray.predict --run {_shell(run)} --images new/images --out preds "
+            f"python -m qtt_ray.predict --run {shlex.quote(run)} --images new/images --out preds "
             "--masks new/masks",
-            f"python -m qtt_ray.predict --run {_shell(run)} --images new/images --out preds "
+            f"python -m qtt_ray.predict --run {shlex.quote(run)} --images new/images --out preds "
             "--boxes boxes.json",
             "```"]
-
-
-def _shell(text: str) -> str:
-    """A path pasted into a shell command: quoted when it holds anything beyond plain
-    characters."""
-    return shlex.quote(text)
 
 
 def _time_table(results: Results) -> list[str]:
